@@ -1,0 +1,148 @@
+"""The method-agnostic loop: prompts -> rollout -> rewards -> advantages -> update -> log."""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from typing import Callable
+
+import torch
+
+from .config import SharedConfig
+from .loss import ppo_clip_loss
+from .method import Method, Transitions
+from .policy import Cond, FlowPolicy, TextEncoder
+from .rewards import Reward
+from .sde import sde_step
+
+
+def generator(seed: int, *stream) -> torch.Generator:
+    """A torch.Generator for (seed, stream...) that is stable across processes (no Python hash())."""
+    key = hashlib.sha256(repr((seed, *stream)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & ((1 << 63) - 1))
+
+
+def round_prompts(prompts: list[str], shared: SharedConfig, round_idx: int) -> list[str]:
+    """The prompts of a round: consecutive slices of per-epoch seeded permutations. Same seed, same prompts for every method."""
+    P, out = shared.prompts_per_round, []
+    for pos in range(round_idx * P, (round_idx + 1) * P):
+        epoch, i = divmod(pos, len(prompts))
+        perm = torch.randperm(len(prompts), generator=generator(shared.seed, "prompts", epoch))
+        out.append(prompts[int(perm[i])])
+    return out
+
+
+def initial_noise(shared: SharedConfig, round_idx: int, latent_shape) -> torch.Tensor:
+    """(P, G, C, H, W) x_T of a round; shared-noise methods take member 0, so it is the same x_T for all of them."""
+    shape = (shared.prompts_per_round, shared.num_generations, *latent_shape)
+    return torch.randn(shape, generator=generator(shared.seed, "x_T", round_idx))
+
+
+class Trainer:
+    """Runs any ``Method`` on a policy with the shared settings."""
+
+    def __init__(self, policy: FlowPolicy, text_encoder: TextEncoder, method: Method, rewards: dict[str, Reward],
+                 shared: SharedConfig, prompts: list[str]) -> None:
+        missing = [m for m in shared.rewards if m not in rewards]
+        if missing:
+            raise ValueError(f"reward models {missing} are in the shared settings but were not given")
+        if not prompts:
+            raise ValueError("no training prompts")
+        self.policy, self.text, self.method, self.rewards = policy, text_encoder, method, rewards
+        self.shared, self.prompts = shared, prompts
+        params = [p for p in policy.parameters() if p.requires_grad]
+        o = method.optim
+        self.opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        self.round_idx = 0
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        out = {}
+        for m in self.shared.rewards:
+            r = self.rewards[m](images, prompts)
+            if not torch.isfinite(r).all():
+                raise FloatingPointError(f"reward {m!r} returned {int((~torch.isfinite(r)).sum())} non-finite values")
+            out[m] = r
+        return out
+
+    def step(self) -> dict:
+        """One round. Returns the metrics logged for it."""
+        r, shared, policy = self.round_idx, self.shared, self.policy
+        prompts = round_prompts(self.prompts, shared, r)
+        cond = self.text(prompts)
+        policy.reset_counts()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ro = self.method.rollout(policy, cond, initial_noise(shared, r, policy.latent_shape),
+                                     generator(shared.seed, "sde", r), shared)
+        t1 = time.perf_counter()
+        img_prompts = [prompts[i] for i in ro.image_prompt.tolist()]
+        rewards = self.score(ro.images, img_prompts)
+        extra = {name: self.score(img, prompts) for name, img in ro.extra_images.items()}
+        t2 = time.perf_counter()
+        stats = self.method.advantages(ro, rewards, shared.rewards)
+        groups = self.method.update_groups(ro.transitions, generator(shared.seed, "train", r))
+        upd = self.update(ro.transitions, cond, groups)
+        t3 = time.perf_counter()
+        metrics = {"round": r, **stats, **upd}
+        for m, v in rewards.items():
+            metrics[f"reward/{m}"] = v.mean().item()
+        for name, sc in extra.items():
+            for m, v in sc.items():
+                metrics[f"{name}_reward/{m}"] = v.mean().item()
+        metrics |= {"nfe_rollout": policy.calls["rollout"], "nfe_train": policy.calls["train"],
+                    "images_scored": len(ro.images) + sum(len(i) for i in ro.extra_images.values()),
+                    "time_rollout": t1 - t0, "time_reward": t2 - t1, "time_update": t3 - t2}
+        self.round_idx += 1
+        return metrics
+
+    def update(self, tr: Transitions, cond: Cond, groups: list[torch.Tensor]) -> dict:
+        """One optimizer step per group of rows; within a group the loss is the mean over trained (row, member) pairs."""
+        policy, method, shape = self.policy, self.method, tr.x.shape[1:]
+        trained, n = tr.trained(), tr.n
+        params = [p for p in policy.parameters() if p.requires_grad]
+        losses, ratios, clipped, norms, first_dev = [], [], [], [], None
+        for rows in groups:
+            weight = trained[rows].sum()
+            if weight == 0:
+                continue
+            self.opt.zero_grad(set_to_none=True)
+            chunk_size = self.shared.max_train_batch or len(rows)
+            for chunk in rows.split(chunk_size):
+                v = policy(tr.x[chunk], tr.sigma[chunk], cond[tr.prompt[chunk].tolist()])
+                L = len(chunk)
+                rep = lambda t: t.repeat_interleave(n, 0)  # noqa: E731
+                out = sde_step(rep(tr.x[chunk]), rep(v), rep(tr.sigma[chunk]), rep(tr.sigma_next[chunk]),
+                               rep(tr.g[chunk]), next_sample=tr.x_next[chunk].reshape(L * n, *shape))
+                per, ratio = ppo_clip_loss(out.log_prob.view(L, n), tr.log_prob_old[chunk], tr.adv[chunk], method.clip_range)
+                per = per + method.extra_loss(policy, tr, chunk, v)
+                mask = trained[chunk]
+                loss = (per * mask).sum() / weight
+                loss.backward()
+                losses.append((per * mask).sum().detach())
+                r_sel = ratio.detach()[mask]
+                ratios.append(r_sel)
+                clipped.append(((r_sel - 1).abs() > method.clip_range).float())
+                if not norms:  # before the round's first optimizer step the ratio must be 1
+                    first_dev = max(first_dev or 0.0, (r_sel - 1).abs().max().item())
+            norms.append(torch.nn.utils.clip_grad_norm_(params, method.optim.max_grad_norm).item())
+            self.opt.step()
+        total = trained[torch.cat(groups)].sum().clamp(min=1) if groups else 1
+        ratios = torch.cat(ratios) if ratios else torch.ones(1)
+        return {
+            "loss": (sum(losses) / total).item() if losses else 0.0,
+            "ratio_mean": ratios.mean().item(), "ratio_max_dev": (ratios - 1).abs().max().item(),
+            "first_ratio_max_dev": first_dev if first_dev is not None else 0.0,
+            "clip_frac": torch.cat(clipped).mean().item() if clipped else 0.0,
+            "grad_norm": sum(norms) / max(len(norms), 1), "optimizer_steps": len(norms),
+        }
+
+    def train(self, rounds: int | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:
+        history = []
+        for _ in range(self.shared.rounds if rounds is None else rounds):
+            m = self.step()
+            history.append(m)
+            if log:
+                log(m)
+            if not math.isfinite(m["loss"]):
+                raise FloatingPointError(f"non-finite loss at round {m['round']}")
+        return history

@@ -1,0 +1,110 @@
+"""What every method provides to the shared loop, and the data that flows between them.
+
+A method says where noise goes (``rollout``), how rewards become advantages (``advantages``) and
+which transitions are trained in which optimizer steps (``update_groups``). The loop in
+``g2rpo.loop`` does everything else the same way for every method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import OptimConfig, SharedConfig
+from .policy import Cond, FlowPolicy
+
+
+@dataclass
+class Transitions:
+    """Trainable transitions sigma -> sigma_next, grouped by their start latent.
+
+    Row r is one model forward at (x[r], sigma[r]); it scores n sampled next latents. G2RPO's
+    members share their start latent (n = G), so the velocity is computed once per (prompt, k).
+    Trajectory methods have n = 1.
+    """
+
+    prompt: torch.Tensor
+    """(R,) index of the prompt in the round."""
+    k: torch.Tensor
+    """(R,) index of the step in the rollout schedule."""
+    x: torch.Tensor
+    """(R, C, H, W) start latent."""
+    sigma: torch.Tensor
+    """(R,) exact sigma of the start latent."""
+    sigma_next: torch.Tensor
+    """(R,) sigma after the step."""
+    g: torch.Tensor
+    """(R,) diffusion coefficient used at rollout."""
+    x_next: torch.Tensor
+    """(R, n, C, H, W) sampled next latents."""
+    log_prob_old: torch.Tensor
+    """(R, n) log-prob of x_next under the rollout policy."""
+    adv: torch.Tensor | None = None
+    """(R, n) advantages, filled by the method."""
+    mask: torch.Tensor | None = None
+    """(R, n) bool, which (row, member) pairs are trained; None = all."""
+
+    @property
+    def n(self) -> int:
+        return self.x_next.shape[1]
+
+    def trained(self) -> torch.Tensor:
+        return torch.ones(self.log_prob_old.shape, dtype=torch.bool) if self.mask is None else self.mask
+
+
+@dataclass
+class Rollout:
+    """Everything a method's rollout produced for one round."""
+
+    images: torch.Tensor
+    """(I, 3, H, W) images in [0, 1] whose rewards make the advantages."""
+    image_prompt: torch.Tensor
+    """(I,) prompt index of each image."""
+    transitions: Transitions
+    extra_images: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Images only scored for logging, e.g. G2RPO's anchor ODE image as 'ode'; each (P, 3, H, W)."""
+    info: dict = field(default_factory=dict)
+    """Method-specific layout the advantage step needs."""
+
+
+@dataclass
+class Cost:
+    """Model evaluations and reward calls per prompt and round, counted from the config alone."""
+
+    nfe_rollout: int
+    """Per-sample model evaluations without grad (rollout, anchor, completions)."""
+    nfe_train: int
+    """Per-sample model forward+backward evaluations in the update."""
+    images_scored: int
+    """Images scored by each reward model (including logging-only images)."""
+
+
+class Method:
+    """Base class of a method on the shared loop."""
+
+    name: str = "method"
+    optim: OptimConfig
+
+    def rollout(self, policy: FlowPolicy, cond: Cond, init_noise: torch.Tensor, gen: torch.Generator,
+                shared: SharedConfig) -> Rollout:
+        """``init_noise`` is (P, G, C, H, W) from the loop; shared-noise methods use member 0 of each group."""
+        raise NotImplementedError
+
+    def advantages(self, rollout: Rollout, rewards: dict[str, torch.Tensor], weights: dict[str, float]) -> dict:
+        """Fill ``rollout.transitions.adv`` (and ``mask``) from per-image rewards; return scalar stats to log."""
+        raise NotImplementedError
+
+    def update_groups(self, tr: Transitions, gen: torch.Generator) -> list[torch.Tensor]:
+        """Row indices of each optimizer step of the round, in order."""
+        raise NotImplementedError
+
+    def cost(self, shared: SharedConfig) -> Cost:
+        raise NotImplementedError
+
+    def extra_loss(self, policy: FlowPolicy, tr: Transitions, rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Extra loss per (row, member), (L, n) or (L, 1), added before masking (e.g. Flow-GRPO's KL); default none."""
+        return torch.zeros(len(rows), 1)
+
+    @property
+    def clip_range(self) -> float:
+        return self.cfg.clip_range

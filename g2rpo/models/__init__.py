@@ -1,0 +1,1 @@
+"""Model classes behind the core's policy interface."""

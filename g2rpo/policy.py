@@ -1,0 +1,89 @@
+"""The policy interface: the velocity of a flow model for (latents, sigma, conditioning).
+
+Latents are image-shaped (B, C, H, W) everywhere in the core; each model class packs them its own
+way. Sigma is the exact schedule value per sample; the model decides how to turn it into its
+timestep input (``TimestepConvention``). Every call is counted (rows, split by grad mode), so the
+cost accounting of each method can be checked against real calls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from .schedules import TimestepConvention, model_timestep
+
+
+@dataclass
+class Cond:
+    """Text conditioning for a batch of prompts."""
+
+    tokens: torch.Tensor
+    """(B, T, D) token-level states (FLUX: T5 states; pocket: MiniLM token states)."""
+    pooled: torch.Tensor
+    """(B, P) pooled prompt embedding (FLUX: CLIP pooled; pocket: MiniLM sentence embedding)."""
+
+    def __getitem__(self, idx) -> "Cond":
+        if isinstance(idx, int):
+            idx = [idx]
+        return Cond(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device) -> "Cond":
+        return Cond(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+class FlowPolicy(nn.Module):
+    """Base class: subclasses implement ``_velocity``; ``forward`` counts calls and returns fp32."""
+
+    latent_shape: tuple[int, int, int]
+    timestep_convention: TimestepConvention = TimestepConvention.TRUNCATE_3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_calls = False
+        """When True, (grad enabled, sigmas) of every call is appended to ``call_log``."""
+        self.reset_counts()
+
+    def reset_counts(self) -> None:
+        self.calls = {"rollout": 0, "train": 0}
+        """Rows evaluated without grad ('rollout') and with grad ('train')."""
+        self.call_log: list[tuple[bool, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
+        grad = torch.is_grad_enabled()
+        self.calls["train" if grad else "rollout"] += x.shape[0]
+        if self.log_calls:
+            self.call_log.append((grad, sigma.detach().clone()))
+        t = model_timestep(sigma, self.timestep_convention)
+        return self._velocity(x, t, cond).float()
+
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Clean latents -> RGB images in [0, 1], (B, 3, H', W')."""
+        raise NotImplementedError
+
+
+class TextEncoder:
+    """Prompts -> Cond. Subclasses implement ``encode``; results are cached per prompt."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Cond] = {}
+
+    def __call__(self, prompts: list[str]) -> Cond:
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if missing:
+            enc = self.encode(missing)
+            for i, p in enumerate(missing):
+                self._cache[p] = enc[i]
+        parts = [self._cache[p] for p in prompts]
+        return Cond(tokens=torch.cat([c.tokens for c in parts]), pooled=torch.cat([c.pooled for c in parts]))
+
+    def encode(self, prompts: list[str]) -> Cond:
+        raise NotImplementedError

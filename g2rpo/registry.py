@@ -1,0 +1,30 @@
+"""Method names as they appear in flags and tables -> method objects.
+
+Each name belongs to a family whose knobs a preset sets (``g2rpo-wo-mgai`` takes the ``g2rpo`` knobs,
+then fixes Lambda = {1}).
+"""
+from __future__ import annotations
+
+from .granular import G2RPO, G2RPOConfig
+from .method import Method
+
+
+def _g2rpo(**kw) -> Method:
+    return G2RPO(G2RPOConfig(**kw))
+
+
+def _g2rpo_wo_mgai(**kw) -> Method:
+    m = G2RPO(G2RPOConfig(**(kw | {"granular_list": (1,)})))
+    m.name = "g2rpo-wo-mgai"
+    return m
+
+
+METHODS = {"g2rpo": ("g2rpo", _g2rpo), "g2rpo-wo-mgai": ("g2rpo", _g2rpo_wo_mgai)}
+
+
+def make_method(name: str, preset_knobs: dict | None = None, **overrides) -> Method:
+    """Build a method by name: official defaults <- the preset's knobs for its family <- explicit overrides."""
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    family, factory = METHODS[name]
+    return factory(**((preset_knobs or {}).get(family, {}) | overrides))

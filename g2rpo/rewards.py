@@ -1,0 +1,55 @@
+"""Reward models: one call signature, batched, deterministic, with declared units and scale.
+
+A reward maps images (B, 3, H, W) in [0, 1] and their prompts to a (B,) float32 tensor.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class Reward:
+    """Base class. Subclasses set the class attributes and implement ``score``."""
+
+    name: str = "reward"
+    units: str = ""
+    """What one unit means, e.g. 'cosine similarity' or 'mean pixel value in [0, 1]'."""
+    scale: str = ""
+    """Typical range of the score, e.g. '[-1, 1], ~0.3 for a good image'."""
+    checkpoint: str = ""
+    """Identity of the weights (path and sha256), '' for rewards without weights."""
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"{self.name}: images must be (B, 3, H, W), got {tuple(images.shape)}")
+        if len(prompts) != images.shape[0]:
+            raise ValueError(f"{self.name}: {images.shape[0]} images but {len(prompts)} prompts")
+        return self.score(images.float(), prompts).float().reshape(-1)
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, str]:
+        return {"name": self.name, "units": self.units, "scale": self.scale, "checkpoint": self.checkpoint}
+
+
+class Brightness(Reward):
+    """Mean pixel value: a deterministic, weight-free reward for tests and smoke runs."""
+
+    name = "brightness"
+    units = "mean pixel value"
+    scale = "[0, 1]"
+
+    def score(self, images, prompts):
+        return images.mean(dim=(1, 2, 3))
+
+
+class ChannelContrast(Reward):
+    """Red minus blue mean: a second weight-free reward pulling in another direction, for tests."""
+
+    name = "redness"
+    units = "mean(R) - mean(B)"
+    scale = "[-1, 1]"
+
+    def score(self, images, prompts):
+        return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))

@@ -1,0 +1,78 @@
+"""Train one method on one preset: ``python -m g2rpo.train --method g2rpo --preset smoke``.
+
+The benchmark runner drives many of these; this entry point is for a single run and for checking a config.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import torch
+
+from .presets import preset
+from .registry import METHODS, make_method
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def build_tiny(shared):
+    """The in-code tiny tier: random FLUX-class policy, hashed text, weight-free rewards (tests and smoke runs)."""
+    from .models.flux import tiny_flux_policy
+    from .models.text import HashTextEncoder
+    from .rewards import Brightness, ChannelContrast
+
+    prompts = ["a red apple", "a blue whale", "a green frog", "a yellow star", "a purple flower", "a white cloud"]
+    rewards = {r.name: r for r in (Brightness(), ChannelContrast())}
+    return tiny_flux_policy(shared.seed), HashTextEncoder(), rewards, prompts
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", default="g2rpo", help=f"one of {', '.join(METHODS)}")
+    ap.add_argument("--preset", default="smoke")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--eta-step-list", type=_ints, help="G2RPO noise-injection steps M, e.g. 0,1,2,3")
+    ap.add_argument("--granular-list", type=_ints, help="G2RPO granularities Lambda, e.g. 1,2,3")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dry-run", action="store_true", help="print the config and the cost per prompt and round, run nothing")
+    a = ap.parse_args(argv)
+    try:
+        p = preset(a.preset)
+        overrides = {k: v for k, v in (("eta_step_list", a.eta_step_list), ("granular_list", a.granular_list)) if v}
+        method = make_method(a.method, p, **overrides)
+        shared = dataclasses.replace(p["shared"], **{k: v for k, v in (("rounds", a.rounds), ("seed", a.seed)) if v is not None})
+        if hasattr(method, "validate"):
+            method.validate(shared)
+    except (KeyError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    plan = {"method": method.name, "shared": dataclasses.asdict(shared), "shared_digest": shared.digest(),
+            "knobs": dataclasses.asdict(method.cfg), "cost_per_prompt_round": dataclasses.asdict(method.cost(shared))}
+    if a.dry_run:
+        print(json.dumps(plan, indent=2, default=str))
+        return 0
+    if shared.model != "tiny":
+        print(f"error: model {shared.model!r} cannot be loaded by this entry point yet (only 'tiny'); use --dry-run",
+              file=sys.stderr)
+        return 2
+    torch.set_num_threads(a.threads)
+    from .loop import Trainer
+
+    policy, text, rewards, prompts = build_tiny(shared)
+    trainer = Trainer(policy, text, method, rewards, shared, prompts)
+    print(json.dumps({k: plan[k] for k in ("method", "shared_digest", "cost_per_prompt_round")}))
+    for m in trainer.train():
+        print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

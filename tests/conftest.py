@@ -1,0 +1,19 @@
+import os
+import socket
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Nothing in tests touches the network: any connection attempt fails loudly."""
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("network access in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
