@@ -67,3 +67,14 @@ class OptimConfig:
     """AdamW epsilon."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip per optimizer step."""
+
+
+def assert_same_shared(blocks: dict[str, SharedConfig]) -> str:
+    """Refuse to compare runs whose shared settings differ; returns the common digest."""
+    digests = {name: b.digest() for name, b in blocks.items()}
+    if len(set(digests.values())) > 1:
+        ref_name, ref = next(iter(blocks.items()))
+        diff = sorted({f for b in blocks.values() for f, v in asdict(b).items() if asdict(ref)[f] != v})
+        raise ValueError(f"runs do not share settings (fields {', '.join(diff)} differ from {ref_name!r}): "
+                         f"digests {digests}; compare only runs with identical shared blocks")
+    return next(iter(digests.values()))

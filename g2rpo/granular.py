@@ -95,11 +95,10 @@ class G2RPO(Method):
             raise ValueError(f"eta_step_list {list(ks)} must be distinct steps in [0, N-2] = [0, {n - 2}]")
         if not lams or any(g < 1 for g in lams) or len(set(lams)) != len(lams):
             raise ValueError(f"granular_list {list(lams)} must be distinct integers >= 1")
-        if shared.num_generations < 2:
-            raise ValueError("num_generations must be >= 2 for group-normalised advantages")
+        super().validate(shared)
 
     def rollout(self, policy: FlowPolicy, cond: Cond, init_noise: torch.Tensor, gen: torch.Generator,
-                shared: SharedConfig) -> Rollout:
+                shared: SharedConfig, round_idx: int = 0) -> Rollout:
         self.validate(shared)
         cfg, sigmas = self.cfg, shared.sigmas()
         ks, lams = cfg.eta_step_list, cfg.granular_list
@@ -176,7 +175,8 @@ class G2RPO(Method):
         rollout.transitions.adv = adv.transpose(0, 1).reshape(nk * P, G)
         return {"adv_abs_mean": adv.abs().mean().item(), "adv_clipped_frac": (adv.abs() >= self.cfg.adv_clip_max).float().mean().item()}
 
-    def update_groups(self, tr: Transitions, gen: torch.Generator) -> list[torch.Tensor]:
+    def update_groups(self, rollout: Rollout, gen: torch.Generator) -> list[torch.Tensor]:
+        tr = rollout.transitions
         if self.cfg.update is UpdateSchedule.ACCUMULATE:
             return [torch.arange(len(tr.k))]
         return [torch.nonzero(tr.k == k).squeeze(1) for k in self.cfg.eta_step_list]

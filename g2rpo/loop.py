@@ -54,6 +54,8 @@ class Trainer:
         o = method.optim
         self.opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         self.round_idx = 0
+        method.validate(shared)
+        method.setup(policy)
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         out = {}
@@ -73,14 +75,14 @@ class Trainer:
         t0 = time.perf_counter()
         with torch.no_grad():
             ro = self.method.rollout(policy, cond, initial_noise(shared, r, policy.latent_shape),
-                                     generator(shared.seed, "sde", r), shared)
+                                     generator(shared.seed, "sde", r), shared, r)
         t1 = time.perf_counter()
         img_prompts = [prompts[i] for i in ro.image_prompt.tolist()]
         rewards = self.score(ro.images, img_prompts)
         extra = {name: self.score(img, prompts) for name, img in ro.extra_images.items()}
         t2 = time.perf_counter()
         stats = self.method.advantages(ro, rewards, shared.rewards)
-        groups = self.method.update_groups(ro.transitions, generator(shared.seed, "train", r))
+        groups = self.method.update_groups(ro, generator(shared.seed, "train", r))
         upd = self.update(ro.transitions, cond, groups)
         t3 = time.perf_counter()
         metrics = {"round": r, **stats, **upd}
@@ -102,19 +104,21 @@ class Trainer:
         params = [p for p in policy.parameters() if p.requires_grad]
         losses, ratios, clipped, norms, first_dev = [], [], [], [], None
         for rows in groups:
+            rows = rows[trained[rows].any(1)]  # rows with no trained member cost nothing
             weight = trained[rows].sum()
             if weight == 0:
                 continue
             self.opt.zero_grad(set_to_none=True)
             chunk_size = self.shared.max_train_batch or len(rows)
             for chunk in rows.split(chunk_size):
-                v = policy(tr.x[chunk], tr.sigma[chunk], cond[tr.prompt[chunk].tolist()])
+                c = cond[tr.prompt[chunk].tolist()]
+                v = policy(tr.x[chunk], tr.sigma[chunk], c)
                 L = len(chunk)
                 rep = lambda t: t.repeat_interleave(n, 0)  # noqa: E731
                 out = sde_step(rep(tr.x[chunk]), rep(v), rep(tr.sigma[chunk]), rep(tr.sigma_next[chunk]),
                                rep(tr.g[chunk]), next_sample=tr.x_next[chunk].reshape(L * n, *shape))
                 per, ratio = ppo_clip_loss(out.log_prob.view(L, n), tr.log_prob_old[chunk], tr.adv[chunk], method.clip_range)
-                per = per + method.extra_loss(policy, tr, chunk, v)
+                per = per + method.extra_loss(policy, tr, chunk, v, c)
                 mask = trained[chunk]
                 loss = (per * mask).sum() / weight
                 loss.backward()

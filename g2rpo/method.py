@@ -77,6 +77,8 @@ class Cost:
     """Per-sample model forward+backward evaluations in the update."""
     images_scored: int
     """Images scored by each reward model (including logging-only images)."""
+    nfe_reference: int = 0
+    """Forward-only evaluations of a frozen reference policy in the update (Flow-GRPO's KL)."""
 
 
 class Method:
@@ -85,8 +87,16 @@ class Method:
     name: str = "method"
     optim: OptimConfig
 
+    def setup(self, policy: FlowPolicy) -> None:
+        """Called once by the trainer before the first round (e.g. to freeze a reference copy)."""
+
+    def validate(self, shared: SharedConfig) -> None:
+        """Raise ValueError for knobs that do not fit the shared settings, before any model work."""
+        if shared.num_generations < 2:
+            raise ValueError("num_generations must be >= 2 for group-normalised advantages")
+
     def rollout(self, policy: FlowPolicy, cond: Cond, init_noise: torch.Tensor, gen: torch.Generator,
-                shared: SharedConfig) -> Rollout:
+                shared: SharedConfig, round_idx: int = 0) -> Rollout:
         """``init_noise`` is (P, G, C, H, W) from the loop; shared-noise methods use member 0 of each group."""
         raise NotImplementedError
 
@@ -94,14 +104,16 @@ class Method:
         """Fill ``rollout.transitions.adv`` (and ``mask``) from per-image rewards; return scalar stats to log."""
         raise NotImplementedError
 
-    def update_groups(self, tr: Transitions, gen: torch.Generator) -> list[torch.Tensor]:
-        """Row indices of each optimizer step of the round, in order."""
+    def update_groups(self, rollout: Rollout, gen: torch.Generator) -> list[torch.Tensor]:
+        """Which transitions are trained (may narrow ``transitions.mask``) and the row indices of each optimizer
+        step of the round, in order. ``gen`` is the round's training stream."""
         raise NotImplementedError
 
     def cost(self, shared: SharedConfig) -> Cost:
         raise NotImplementedError
 
-    def extra_loss(self, policy: FlowPolicy, tr: Transitions, rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def extra_loss(self, policy: FlowPolicy, tr: Transitions, rows: torch.Tensor, v: torch.Tensor,
+                   cond: Cond) -> torch.Tensor:
         """Extra loss per (row, member), (L, n) or (L, 1), added before masking (e.g. Flow-GRPO's KL); default none."""
         return torch.zeros(len(rows), 1)
 

@@ -19,7 +19,23 @@ def _g2rpo_wo_mgai(**kw) -> Method:
     return m
 
 
-METHODS = {"g2rpo": ("g2rpo", _g2rpo), "g2rpo-wo-mgai": ("g2rpo", _g2rpo_wo_mgai)}
+def _baseline(module: str, cls: str, cfg: str):
+    def make(**kw) -> Method:
+        import importlib
+
+        mod = importlib.import_module(f"baselines.{module}")
+        return getattr(mod, cls)(getattr(mod, cfg)(**kw))
+
+    return make
+
+
+METHODS = {
+    "g2rpo": ("g2rpo", _g2rpo),
+    "g2rpo-wo-mgai": ("g2rpo", _g2rpo_wo_mgai),
+    "flowgrpo": ("flowgrpo", _baseline("flowgrpo", "FlowGRPO", "FlowGRPOConfig")),
+    "dancegrpo": ("dancegrpo", _baseline("dancegrpo", "DanceGRPO", "DanceGRPOConfig")),
+    "mixgrpo": ("mixgrpo", _baseline("mixgrpo", "MixGRPO", "MixGRPOConfig")),
+}
 
 
 def make_method(name: str, preset_knobs: dict | None = None, **overrides) -> Method:

@@ -49,8 +49,7 @@ def main(argv=None) -> int:
         overrides = {k: v for k, v in (("eta_step_list", a.eta_step_list), ("granular_list", a.granular_list)) if v}
         method = make_method(a.method, p, **overrides)
         shared = dataclasses.replace(p["shared"], **{k: v for k, v in (("rounds", a.rounds), ("seed", a.seed)) if v is not None})
-        if hasattr(method, "validate"):
-            method.validate(shared)
+        method.validate(shared)
     except (KeyError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ def rollout(method, sh: SharedConfig, policy=None, round_idx: int = 0):
     cond = HashTextEncoder()(PROMPTS[: sh.prompts_per_round])
     with torch.no_grad():
         return policy, cond, method.rollout(policy, cond, initial_noise(sh, round_idx, policy.latent_shape),
-                                            generator(sh.seed, "sde", round_idx), sh)
+                                            generator(sh.seed, "sde", round_idx), sh, round_idx)
 
 
 def no_decay(lr: float = 1e-3) -> OptimConfig:

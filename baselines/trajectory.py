@@ -1,0 +1,111 @@
+"""What DanceGRPO, Flow-GRPO and MixGRPO share: whole SDE/ODE trajectories per sample.
+
+Every sample of a group runs the full schedule; step j injects noise with coefficient g[j]
+(0 = plain Euler). Each sample's trainable steps become rows of ``Transitions`` with n = 1.
+Subclasses say: the step coefficients of a round, whether a group shares x_T, which steps are
+candidates and which of them are trained, how rewards become advantages, and how samples are
+grouped into optimizer steps.
+"""
+from __future__ import annotations
+
+import torch
+
+from g2rpo.config import SharedConfig
+from g2rpo.method import Method, Rollout, Transitions
+from g2rpo.policy import Cond, FlowPolicy
+from g2rpo.sampling import _velocity
+from g2rpo.sde import predict_x0, sde_step
+
+
+@torch.no_grad()
+def sample_trajectories(policy: FlowPolicy, x_T: torch.Tensor, sigmas: torch.Tensor, g: torch.Tensor, cond: Cond,
+                        noise: torch.Tensor, max_batch: int = 0):
+    """Run every row of ``x_T`` over ``sigmas`` with per-step coefficients ``g`` and noises ``noise`` (N, B, ...).
+
+    Returns latents (N+1, B, ...), log-probs (N, B) (0 at deterministic steps) and x0_hat of the last step (B, ...).
+    """
+    xs, logps = [x_T.float()], []
+    for j in range(len(sigmas) - 1):
+        s = sigmas[j].expand(len(x_T))
+        v = _velocity(policy, xs[-1], s, cond, max_batch)
+        out = sde_step(xs[-1], v, s, sigmas[j + 1], g[j], noise=noise[j] if g[j] > 0 else None)
+        xs.append(out.sample)
+        logps.append(out.log_prob)
+    return torch.stack(xs), torch.stack(logps), predict_x0(xs[-2], v, sigmas[-2])
+
+
+class TrajectoryMethod(Method):
+    """Base of the trajectory baselines; subclasses fill in the hooks below."""
+
+    image_from_x0_hat: bool = False
+    """True: the image is x0_hat at the last step (DanceGRPO); False: the final sample x_N."""
+
+    def schedule(self, shared: SharedConfig) -> torch.Tensor:
+        return shared.sigmas()
+
+    def step_g(self, sigmas: torch.Tensor, round_idx: int) -> torch.Tensor:
+        """(N,) diffusion coefficient of each step this round."""
+        raise NotImplementedError
+
+    def shared_noise(self) -> bool:
+        return True
+
+    def candidate_steps(self, n_steps: int, round_idx: int) -> list[int]:
+        """Steps whose transitions are stored (a superset of the trained ones)."""
+        raise NotImplementedError
+
+    def select(self, n_samples: int, n_steps: int, gen: torch.Generator) -> torch.Tensor:
+        """(n_samples, n_steps) bool over the candidate steps: which each sample trains. Default: all."""
+        return torch.ones(n_samples, n_steps, dtype=torch.bool)
+
+    def samples_per_step(self, n_samples: int) -> int:
+        """Samples whose transitions are accumulated into one optimizer step."""
+        raise NotImplementedError
+
+    def sample_advantages(self, rewards: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+        """(P, G) per-reward (P, G) rewards -> (P, G) advantages."""
+        raise NotImplementedError
+
+    def rollout(self, policy, cond, init_noise, gen, shared, round_idx=0) -> Rollout:
+        self.validate(shared)
+        sigmas = self.schedule(shared)
+        P, G, shape = init_noise.shape[0], init_noise.shape[1], init_noise.shape[2:]
+        x_T = init_noise[:, :1].expand(P, G, *shape) if self.shared_noise() else init_noise
+        x_T = x_T.reshape(P * G, *shape)
+        n = len(sigmas) - 1
+        g = self.step_g(sigmas, round_idx)
+        noise = torch.randn((n, P * G, *shape), generator=gen)
+        rows_cond = cond[torch.arange(P).repeat_interleave(G).tolist()]
+        xs, logp, x0 = sample_trajectories(policy, x_T, sigmas, g, rows_cond, noise, shared.max_batch)
+        st = torch.tensor(self.candidate_steps(n, round_idx))
+        S = len(st)
+        tr = Transitions(
+            prompt=torch.arange(P).repeat_interleave(G * S),
+            k=st.repeat(P * G),
+            x=xs[st].transpose(0, 1).reshape(P * G * S, *shape),
+            sigma=sigmas[st].repeat(P * G),
+            sigma_next=sigmas[st + 1].repeat(P * G),
+            g=g[st].repeat(P * G),
+            x_next=xs[st + 1].transpose(0, 1).reshape(P * G * S, 1, *shape),
+            log_prob_old=logp[st].transpose(0, 1).reshape(P * G * S, 1),
+        )
+        final = x0 if self.image_from_x0_hat else xs[-1]
+        return Rollout(images=policy.decode(final), image_prompt=torch.arange(P).repeat_interleave(G), transitions=tr,
+                       info={"layout": (P, G, S), "latents": xs.view(n + 1, P, G, *shape)})
+
+    def advantages(self, rollout, rewards, weights) -> dict:
+        P, G, S = rollout.info["layout"]
+        adv = self.sample_advantages({m: r.view(P, G) for m, r in rewards.items()}, weights)
+        tr = rollout.transitions
+        tr.adv = adv.reshape(P * G, 1).repeat_interleave(S, 0)
+        return {"adv_abs_mean": adv.abs().mean().item()}
+
+    def update_groups(self, rollout, gen) -> list[torch.Tensor]:
+        """Select each sample's trained steps, shuffle the samples and split them into optimizer steps."""
+        P, G, S = rollout.info["layout"]
+        tr = rollout.transitions
+        keep = self.select(P * G, S, gen).reshape(P * G * S, 1)
+        tr.mask = keep if tr.mask is None else tr.mask & keep
+        order = torch.randperm(P * G, generator=gen)
+        rows = (order[:, None] * S + torch.arange(S)).reshape(-1)  # rows are (sample, step), step fastest
+        return list(rows.split(self.samples_per_step(P * G) * S))
