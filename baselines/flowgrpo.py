@@ -63,7 +63,6 @@ class FlowGRPO(TrajectoryMethod):
     def __init__(self, cfg: FlowGRPOConfig | None = None) -> None:
         self.cfg = cfg or FlowGRPOConfig()
         self.optim = self.cfg.optim
-        self.reference = None
 
     def validate(self, shared: SharedConfig) -> None:
         super().validate(shared)

@@ -72,6 +72,8 @@ class Trainer:
         prompts = round_prompts(self.prompts, shared, r)
         cond = self.text(prompts)
         policy.reset_counts()
+        if self.method.reference is not None:
+            self.method.reference.reset_counts()
         t0 = time.perf_counter()
         with torch.no_grad():
             ro = self.method.rollout(policy, cond, initial_noise(shared, r, policy.latent_shape),
@@ -91,7 +93,9 @@ class Trainer:
         for name, sc in extra.items():
             for m, v in sc.items():
                 metrics[f"{name}_reward/{m}"] = v.mean().item()
+        ref = self.method.reference
         metrics |= {"nfe_rollout": policy.calls["rollout"], "nfe_train": policy.calls["train"],
+                    "nfe_reference": ref.calls["rollout"] + ref.calls["train"] if ref is not None else 0,
                     "images_scored": len(ro.images) + sum(len(i) for i in ro.extra_images.values()),
                     "time_rollout": t1 - t0, "time_reward": t2 - t1, "time_update": t3 - t2}
         self.round_idx += 1

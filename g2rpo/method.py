@@ -86,6 +86,8 @@ class Method:
 
     name: str = "method"
     optim: OptimConfig
+    reference: FlowPolicy | None = None
+    """A frozen reference policy the update evaluates (Flow-GRPO's KL); its calls are counted apart."""
 
     def setup(self, policy: FlowPolicy) -> None:
         """Called once by the trainer before the first round (e.g. to freeze a reference copy)."""

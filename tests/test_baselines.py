@@ -132,8 +132,11 @@ def test_ratio_is_one_before_the_first_update_and_cost_matches_calls(name):
     assert metrics["nfe_rollout"] == P * cost.nfe_rollout
     assert metrics["nfe_train"] == P * cost.nfe_train  # random rewards here: no zero advantages to drop
     assert metrics["images_scored"] == P * cost.images_scored
+    assert metrics["nfe_reference"] == P * cost.nfe_reference
     if name == "flowgrpo":
-        assert m.reference.calls["rollout"] == P * cost.nfe_reference > 0
+        assert cost.nfe_reference > 0
+        t.step()  # counts are per round, not cumulative
+        assert t.step()["nfe_reference"] == P * cost.nfe_reference
 
 
 @pytest.mark.parametrize("name", ["flowgrpo", "dancegrpo", "mixgrpo"])
