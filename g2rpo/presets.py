@@ -1,28 +1,87 @@
-"""Named settings. Each preset gives the shared block and per-method knob overrides.
+"""Named settings. A preset gives the shared block, per-method-family knob overrides and evaluation settings.
 
 ``paper`` is the G2RPO paper's FLUX.1-dev setting (algorithms.md §7): N = 16, shift 3, G = 12,
 a = 0.7, M = 0..7, Lambda = {1, 2, 3} (the official scripts use {1, 2}: pass
-``granular_list=(1, 2)`` to match them), lr 2e-6, clip 1e-4, advantage clip 5, HPS + CLIP rewards.
+``granular_list=(1, 2)`` to match them), lr 2e-6, clip 1e-4, advantage clip 5, HPS + CLIP rewards,
+evaluation on 400 held-out prompts with 50 ODE steps. Knobs a preset does not name keep each
+method's official default; every value is recorded with each run.
+
+``pocket`` (the default) is the paper's setting scaled to two CPU cores: the pocket generator, N = 10, G = 8,
+two prompts per round, M = {0..3} (the first 40% of steps, as 0..7 of 16), Lambda = {1, 2} (official scripts),
+the two in-domain pocket rewards (alignment + category, as HPS + CLIP), one common learning rate (POCKET_LR),
+evaluation on all 191 held-out prompts. ``smoke`` runs every code path in seconds on the tiny in-code model.
 """
 from __future__ import annotations
 
-from .config import SharedConfig
+from dataclasses import dataclass, field
 
-PRESETS: dict[str, dict] = {
-    "paper": {
-        "shared": SharedConfig(model="flux-dev", num_steps=16, shift=3.0, num_generations=12, prompts_per_round=1,
-                               rounds=300, rewards={"hps": 1.0, "clip": 1.0}, precision="bf16"),
-        "g2rpo": {"eta": 0.7, "eta_step_list": tuple(range(8)), "granular_list": (1, 2, 3)},
-    },
-    "smoke": {
-        "shared": SharedConfig(model="tiny", num_steps=6, shift=3.0, num_generations=3, prompts_per_round=2, rounds=2,
-                               rewards={"brightness": 1.0, "redness": 1.0}),
-        "g2rpo": {"eta_step_list": (0, 1, 2)},
-    },
+from .config import OptimConfig, SharedConfig
+
+
+@dataclass
+class EvalSettings:
+    """How a preset evaluates base and trained models."""
+
+    num_prompts: int = 0
+    """Held-out prompts scored (the first n of the tier's held-out list; 0 = all)."""
+    steps: int = 0
+    """ODE steps of the main evaluation (0 = the shared num_steps)."""
+    grid_prompts: int = 6
+    """Held-out prompts shown in the sample grid."""
+    seed: int = 0
+    """Seed of the per-prompt evaluation noise (the same for every method and run)."""
+
+
+@dataclass
+class Preset:
+    """A named benchmark configuration."""
+
+    shared: SharedConfig
+    """Settings shared by every method."""
+    knobs: dict[str, dict] = field(default_factory=dict)
+    """Method-family knob overrides, e.g. {'g2rpo': {'granular_list': (1, 2, 3)}}."""
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    """Evaluation settings."""
+    seeds: int = 2
+    """Training seeds per (method, variant) by default."""
+
+
+POCKET_LR = 3e-5
+"""One learning rate for every method on the pocket tier. The official values are tuned for full fine-tuning of
+a 12B FLUX (G2RPO 2e-6, DanceGRPO/MixGRPO 1e-5) or for LoRA (Flow-GRPO 3e-4); none transfers to a 2.4M-parameter
+model, so the pocket comparison gives all methods the same one and isolates the algorithms."""
+
+PRESETS: dict[str, Preset] = {
+    "pocket": Preset(
+        shared=SharedConfig(model="pocket", num_steps=10, shift=3.0, num_generations=8, prompts_per_round=2,
+                            rounds=12, rewards={"pocket_align": 1.0, "pocket_category": 1.0}),
+        knobs={"g2rpo": {"eta_step_list": (0, 1, 2, 3), "granular_list": (1, 2), "optim": OptimConfig(lr=POCKET_LR)},
+               "flowgrpo": {"optim": OptimConfig(lr=POCKET_LR)},
+               # one group per optimizer step, as the official scripts (12 samples = one group of 12)
+               "dancegrpo": {"gradient_accumulation_steps": 8, "optim": OptimConfig(lr=POCKET_LR)},
+               "mixgrpo": {"gradient_accumulation_steps": 8, "optim": OptimConfig(lr=POCKET_LR)}},
+        eval=EvalSettings(num_prompts=0, grid_prompts=8),
+        seeds=2,
+    ),
+    "paper": Preset(
+        shared=SharedConfig(model="flux-dev", num_steps=16, shift=3.0, num_generations=12, prompts_per_round=1,
+                            rounds=300, rewards={"hps": 1.0, "clip": 1.0}, precision="bf16"),
+        knobs={"g2rpo": {"eta": 0.7, "eta_step_list": tuple(range(8)), "granular_list": (1, 2, 3)}},
+        eval=EvalSettings(num_prompts=400, steps=50),
+        seeds=1,
+    ),
+    "smoke": Preset(
+        shared=SharedConfig(model="tiny", num_steps=6, shift=3.0, num_generations=3, prompts_per_round=2, rounds=2,
+                            rewards={"brightness": 1.0, "redness": 1.0}),
+        knobs={"g2rpo": {"eta_step_list": (0, 1, 2)}, "dancegrpo": {"gradient_accumulation_steps": 3},
+               "mixgrpo": {"gradient_accumulation_steps": 3, "window_size": 2}},
+        eval=EvalSettings(num_prompts=4, grid_prompts=4),
+        seeds=2,
+    ),
 }
 
 
-def preset(name: str) -> dict:
+def preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        raise KeyError(f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
     return PRESETS[name]

@@ -53,3 +53,14 @@ class ChannelContrast(Reward):
 
     def score(self, images, prompts):
         return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))
+
+
+class Contrast(Reward):
+    """Pixel standard deviation: a weight-free out-of-domain reward for the tiny tier."""
+
+    name = "contrast"
+    units = "std of pixel values"
+    scale = "[0, 0.5]"
+
+    def score(self, images, prompts):
+        return images.flatten(1).std(1)

@@ -22,17 +22,6 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def build_tiny(shared):
-    """The in-code tiny tier: random FLUX-class policy, hashed text, weight-free rewards (tests and smoke runs)."""
-    from .models.flux import tiny_flux_policy
-    from .models.text import HashTextEncoder
-    from .rewards import Brightness, ChannelContrast
-
-    prompts = ["a red apple", "a blue whale", "a green frog", "a yellow star", "a purple flower", "a white cloud"]
-    rewards = {r.name: r for r in (Brightness(), ChannelContrast())}
-    return tiny_flux_policy(shared.seed), HashTextEncoder(), rewards, prompts
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", default="g2rpo", help=f"one of {', '.join(METHODS)}")
@@ -47,8 +36,8 @@ def main(argv=None) -> int:
     try:
         p = preset(a.preset)
         overrides = {k: v for k, v in (("eta_step_list", a.eta_step_list), ("granular_list", a.granular_list)) if v}
-        method = make_method(a.method, p, **overrides)
-        shared = dataclasses.replace(p["shared"], **{k: v for k, v in (("rounds", a.rounds), ("seed", a.seed)) if v is not None})
+        method = make_method(a.method, p.knobs, **overrides)
+        shared = dataclasses.replace(p.shared, **{k: v for k, v in (("rounds", a.rounds), ("seed", a.seed)) if v is not None})
         method.validate(shared)
     except (KeyError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -58,15 +47,16 @@ def main(argv=None) -> int:
     if a.dry_run:
         print(json.dumps(plan, indent=2, default=str))
         return 0
-    if shared.model != "tiny":
-        print(f"error: model {shared.model!r} cannot be loaded by this entry point yet (only 'tiny'); use --dry-run",
-              file=sys.stderr)
+    from .loop import Trainer
+    from .tiers import load_tier
+
+    try:
+        tier = load_tier(shared.model)
+    except KeyError as e:
+        print(f"error: {e.args[0]}; use --dry-run to see the plan", file=sys.stderr)
         return 2
     torch.set_num_threads(a.threads)
-    from .loop import Trainer
-
-    policy, text, rewards, prompts = build_tiny(shared)
-    trainer = Trainer(policy, text, method, rewards, shared, prompts)
+    trainer = Trainer(tier.make_policy(), tier.text, method, tier.rewards, shared, tier.train_prompts)
     print(json.dumps({k: plan[k] for k in ("method", "shared_digest", "cost_per_prompt_round")}))
     for m in trainer.train():
         print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}))

@@ -1,0 +1,132 @@
+"""Benchmark runner: ``python -m benchmarks.run --methods g2rpo,flowgrpo``.
+
+Trains every (method, variant, seed) of the plan on one preset under identical shared settings,
+evaluates each model (and the untrained base) on held-out prompts with in-domain and
+out-of-domain rewards, logs everything to MLflow and renders the tables into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from g2rpo.presets import PRESETS, Preset, preset as get_preset
+from g2rpo.registry import METHODS
+
+from .plan import BASE, PlanError, RunSpec, describe, make_plan, parse_int_sets
+
+DEFAULT_METHODS = "g2rpo,g2rpo-wo-mgai,flowgrpo,dancegrpo,mixgrpo"
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")
+    ap.add_argument("--preset", default="pocket", help=f"one of {', '.join(sorted(PRESETS))}")
+    ap.add_argument("--seeds", type=int, help="training seeds per (method, variant); default from the preset")
+    ap.add_argument("--rounds", type=int, help="training rounds (under --budget nfe: of the first method)")
+    ap.add_argument("--out", type=Path, help="output folder (default results/<preset>)")
+    ap.add_argument("--tracking-uri", help="MLflow store (default: sqlite inside --out)")
+    ap.add_argument("--granular-sets", default="", help='G2RPO Lambda ablation, e.g. "1;1,2;1,3;1,2,3"')
+    ap.add_argument("--eta-step-sets", default="", help='G2RPO noise-step ablation, e.g. "0-3;0-7;4-7"')
+    ap.add_argument("--inference-steps", default="", help="extra evaluation step counts, e.g. 10,20")
+    ap.add_argument("--budget", default="rounds", help="rounds (equal rounds) or nfe (equal model evaluations)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and its cost accounting; no model work")
+    ap.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
+    return ap.parse_args(argv)
+
+
+def resolve(a) -> tuple[Preset, list[RunSpec], list[int]]:
+    """Validate every flag and build the plan; raises PlanError/KeyError with a one-line message."""
+    p = get_preset(a.preset)
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    sets = {f: parse_int_sets(v, "--" + f.replace("_", "-")) if v.strip() else []
+            for f, v in (("granular_sets", a.granular_sets), ("eta_step_sets", a.eta_step_sets))}
+    try:
+        steps = [int(s) for s in a.inference_steps.split(",") if s.strip()]
+    except ValueError:
+        raise PlanError(f"--inference-steps: expected comma-separated integers, got {a.inference_steps!r}") from None
+    if any(s < 1 for s in steps) or len(set(steps)) != len(steps):
+        raise PlanError(f"--inference-steps: step counts must be distinct and >= 1, got {steps}")
+    if a.threads < 1:
+        raise PlanError("--threads must be >= 1")
+    seeds = p.seeds if a.seeds is None else a.seeds
+    rounds = p.shared.rounds if a.rounds is None else a.rounds
+    runs = make_plan(p, methods, seeds, rounds, a.budget,
+                     sets["granular_sets"], sets["eta_step_sets"])
+    return p, runs, steps
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise PlanError(f"--out {str(out)!r} is not writable: {e.strerror or e}") from None
+
+
+def readable_plan(rows: list[dict], preset_name: str) -> str:
+    lines = [f"preset {preset_name}: base model + {len(rows)} (method, variant) rows",
+             f"{'method':<15}{'variant':<28}{'rollout':>9}{'train':>7}{'images':>8}{'rounds':>8}{'total NFE':>11}{'seeds':>6}"]
+    for r in rows:
+        lines.append(f"{r['method']:<15}{r['variant']:<28}{r['nfe_rollout_per_prompt']:>9}{r['nfe_train_per_prompt']:>7}"
+                     f"{r['images_scored_per_prompt']:>8}{r['rounds']:>8}{r['total_nfe']:>11}{r['seeds']:>6}")
+    lines.append("(rollout / train / images: per prompt and round; total NFE: all prompts and rounds, one seed)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    try:
+        p, runs, extra_steps = resolve(a)
+    except (PlanError, KeyError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    if a.dry_run:
+        rows = describe(runs, p)
+        print(json.dumps(rows, indent=2, default=str) if a.json else readable_plan(rows, a.preset))
+        return 0
+    out = a.out or Path("results") / a.preset
+    from .tracking import default_uri, open_store
+
+    try:
+        check_writable(out)
+        from g2rpo.tiers import LOADERS, load_tier
+
+        if p.shared.model not in LOADERS:
+            raise PlanError(f"preset {a.preset!r} needs model tier {p.shared.model!r}, which cannot be loaded here")
+        uri = a.tracking_uri or default_uri(out)
+        client, exp_id = open_store(uri, f"g2rpo-bench/{a.preset}", out / "mlartifacts")
+    except (PlanError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from .execute import RunFailed, execute_all
+
+    torch.set_num_threads(a.threads)
+    command = "python -m benchmarks.run " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
+    t0 = time.perf_counter()
+    try:
+        parent = execute_all(p, a.preset, runs, extra_steps, load_tier(p.shared.model), client, exp_id, command, a.threads)
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    from .table import build_tables
+
+    files = build_tables(uri, exp_id, out, parent_run_id=parent)
+    print(f"done in {time.perf_counter() - t0:.0f} s: {len(runs)} runs in {uri} (parent run {parent}); "
+          f"tables and figures in {out}/: {', '.join(sorted(f.name for f in files))}")
+    print(f"browse with: mlflow ui --backend-store-uri {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

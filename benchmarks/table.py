@@ -1,0 +1,271 @@
+"""Rebuild every table and figure of a benchmark from MLflow alone.
+
+``python -m benchmarks.table --tracking-uri URI --experiment NAME [--parent-run-id ID] [--out DIR]``
+reads the runs of one benchmark invocation (the latest by default) and writes the tables
+(.md/.csv/.tex), curves and the sample grid, plus a README.md that states the command that made them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .plan import BASE
+from .render import bootstrap_ci, formatted, summarise, write_table
+
+NAMES = {BASE: "Base model", "dancegrpo": "DanceGRPO", "mixgrpo": "MixGRPO", "flowgrpo": "Flow-GRPO",
+         "g2rpo-wo-mgai": "G²RPO w/o MGAI", "g2rpo": "G²RPO"}
+ORDER = list(NAMES)
+STD_NOTE = ("Cells: mean ± sample std (ddof 1) over training seeds (n). The base model is deterministic: one "
+            "evaluation. NFE: model evaluations, a training forward+backward counted as one; per round = all "
+            "prompts of a round.")
+
+
+def load_runs(client, exp_id: str, parent_run_id: str | None):
+    if parent_run_id is None:
+        parents = client.search_runs([exp_id], "tags.kind = 'parent'", order_by=["attributes.start_time DESC"], max_results=1)
+        if not parents:
+            raise RuntimeError(f"no benchmark runs in experiment {exp_id}")
+        parent = parents[0]
+    else:
+        parent = client.get_run(parent_run_id)
+    children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=50000)
+    rows = []
+    for r in children:
+        row = {"run_id": r.info.run_id, "method": r.data.tags["method"], "variant": r.data.tags["variant"],
+               "seed": int(r.data.tags["seed"]), "granular_list": r.data.params.get("knobs.granular_list", ""),
+               "eta_step_list": r.data.params.get("knobs.eta_step_list", ""),
+               "nfe_per_round": float(r.data.params.get("cost.nfe_per_round", "nan")),
+               "rounds": int(r.data.params.get("rounds", 0))}
+        rows.append(row | dict(r.data.metrics))
+    df = pd.DataFrame(rows)
+    df["order"] = df["method"].map(lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
+    return parent, df.sort_values(["order", "variant", "seed"]).reset_index(drop=True)
+
+
+def reward_columns(parent, df) -> tuple[list[str], list[str], list[str]]:
+    ind = [m for m in parent.data.tags.get("in_domain", "").split(",") if m]
+    ood = [m for m in parent.data.tags.get("out_of_domain", "").split(",") if m]
+    stats = sorted(c[len("eval/"):] for c in df.columns if c.startswith("eval/stat/"))
+    return ind, ood, stats
+
+
+def headers(ind, ood, stats, prefix="eval/") -> dict[str, str]:
+    return ({f"{prefix}{m}": f"{m} (in)" for m in ind} | {f"{prefix}{m}": f"{m} (out)" for m in ood}
+            | {f"{prefix}{s}": s.replace("stat/", "") + " (guard)" for s in stats})
+
+
+def main_table(df, cols, out) -> list[Path]:
+    d = df[df.variant == "default"].copy()
+    d["Method"] = d.method.map(lambda m: NAMES.get(m, m))
+    cost = {"nfe_per_round": "NFE/round", "cost/total_nfe": "total NFE", "time/train_s": "train s"}
+    s = summarise(d, ["Method"], list(cols) + list(cost))
+    shown = formatted(s, ["Method"], cols | cost, {"nfe_per_round": 0, "cost/total_nfe": 0, "time/train_s": 1})
+    return write_table(shown, s, out, "table1_main", "Table 1. Main comparison (held-out prompts)", STD_NOTE)
+
+
+def ablation_table(df, cols, out, field, other, stem, title, label) -> list[Path]:
+    """G2RPO-family runs that share the default's ``other`` knob, grouped by ``field``."""
+    fam = df[df.method.isin(["g2rpo", "g2rpo-wo-mgai"])]
+    default = fam[(fam.method == "g2rpo") & (fam.variant == "default")]
+    if default.empty:
+        return []
+    fam = fam[fam[other] == default[other].iloc[0]]
+    if fam[field].nunique() < 2:
+        return []
+    fam = fam.assign(**{label: fam[field].map(lambda v: "{" + v + "}")})
+    fam = fam.assign(_n=fam[field].str.count(",")).sort_values(["_n", field])
+    s = summarise(fam, [label], list(cols))
+    note = f"G²RPO with {other} = {{{default[other].iloc[0]}}}. " + STD_NOTE
+    return write_table(formatted(s, [label], cols), s, out, stem, title, note)
+
+
+def steps_table(df, ind, ood, stats, steps: list[int], main_steps: int, out) -> list[Path]:
+    if len(steps) < 2:
+        return []
+    d = df[df.variant == "default"]
+    frames = []
+    for n in steps:
+        prefix = "eval/" if n == main_steps else f"eval_{n}steps/"
+        cols = headers(ind, ood, stats, prefix)
+        part = d[["method"] + [c for c in cols if c in d]].rename(columns=cols)
+        frames.append(part.assign(Steps=n, Method=part.method.map(lambda m: NAMES.get(m, m))))
+    allsteps = pd.concat(frames)
+    names = list(headers(ind, ood, stats, "").values())
+    s = summarise(allsteps, ["Steps", "Method"], names)
+    shown = formatted(s, ["Steps", "Method"], {n: n for n in names})
+    return write_table(shown, s, out, "table3_steps", "Table 3. Evaluation at several ODE step counts", STD_NOTE)
+
+
+def paired_table(client, df, ind, ood, main_steps, out) -> list[Path]:
+    """Per held-out prompt: method (mean over seeds) minus base, mean difference with a 95% bootstrap interval."""
+    tmp = Path(tempfile.mkdtemp())
+    scores = {}
+    for r in df[df.variant == "default"].itertuples():
+        path = client.download_artifacts(r.run_id, f"eval/scores_{main_steps}steps.csv", str(tmp / r.run_id))
+        scores.setdefault(r.method, []).append(pd.read_csv(path).set_index("prompt_index"))
+    if BASE not in scores:
+        return []
+    base = scores[BASE][0]
+    rows, raw = [], []
+    for m, frames in scores.items():
+        if m == BASE:
+            continue
+        mean = pd.concat(frames).groupby(level=0).mean(numeric_only=True)
+        row = {"Method": NAMES.get(m, m), "seeds": len(frames), "prompts": len(base)}
+        for rew in ind + ood:
+            diff = (mean[rew] - base[rew]).to_numpy()
+            lo, hi = bootstrap_ci(diff)
+            row[f"Δ {rew}"] = f"{diff.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            raw.append({"method": m, "reward": rew, "mean_diff": diff.mean(), "ci_low": lo, "ci_high": hi,
+                        "win_rate": float((diff > 0).mean()), "prompts": len(diff), "seeds": len(frames)})
+        rows.append(row)
+    note = ("Per held-out prompt, the method's score (mean over its seeds) minus the base model's, on the same "
+            "initial noise; mean over prompts with a 95% percentile-bootstrap interval (4000 resamples). An interval "
+            "that excludes 0 is a difference the prompt sample supports.")
+    return write_table(pd.DataFrame(rows), pd.DataFrame(raw), out, "paired_vs_base", "Paired comparison with the base model", note)
+
+
+def curves(client, df, ind, out) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = df[(df.variant == "default") & (df.method != BASE)]
+    if d.empty or not ind:
+        return []
+    fig, axes = plt.subplots(len(ind), 2, figsize=(11, 3.6 * len(ind)), squeeze=False)
+    for m, runs in d.groupby("method", sort=False):
+        hist = {k: [] for k in ind + ["cum_nfe"]}
+        for rid in runs.run_id:
+            for k in hist:
+                key = f"train/reward/{k}" if k != "cum_nfe" else "train/cum_nfe"
+                h = sorted(client.get_metric_history(rid, key), key=lambda x: x.step)
+                hist[k].append([x.value for x in h])
+        n = min(len(v) for v in hist["cum_nfe"])
+        if n == 0:
+            continue
+        x_nfe = pd.DataFrame([v[:n] for v in hist["cum_nfe"]]).mean().to_numpy()
+        for i, rew in enumerate(ind):
+            vals = pd.DataFrame([v[:n] for v in hist[rew]])
+            mu, sd = vals.mean().to_numpy(), vals.std().fillna(0).to_numpy()
+            for ax, x in zip(axes[i], (range(n), x_nfe)):
+                ax.plot(x, mu, label=f"{NAMES.get(m, m)} ({len(vals)} seeds)")
+                ax.fill_between(x, mu - sd, mu + sd, alpha=0.2)
+    for i, rew in enumerate(ind):
+        axes[i][0].set(xlabel="round", ylabel=f"train reward: {rew}")
+        axes[i][1].set(xlabel="cumulative model evaluations (NFE)", ylabel=f"train reward: {rew}")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("In-domain reward of the training rollouts (mean ± std over seeds)")
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def sample_grid(client, df, out, prompts: list[str]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    d = df[(df.variant == "default") & (df.seed == df.groupby("method").seed.transform("min"))]
+    if d.empty:
+        return []
+    tmp = Path(tempfile.mkdtemp())
+    rows = [(NAMES.get(r.method, r.method), Image.open(client.download_artifacts(r.run_id, "samples/row.png", str(tmp / r.run_id))))
+            for r in d.itertuples()]
+    k = rows[0][1].width // rows[0][1].height
+    fig, axes = plt.subplots(len(rows), k, figsize=(1.6 * k + 1.2, 1.6 * len(rows) + 0.6), squeeze=False)
+    for i, (name, img) in enumerate(rows):
+        h = img.height
+        for j in range(k):
+            ax = axes[i][j]
+            ax.imshow(img.crop((j * h, 0, (j + 1) * h, h)), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if i == 0 and j < len(prompts):
+                ax.set_title(prompts[j].replace(" emoji", ""), fontsize=7, wrap=True)
+    fig.suptitle("Held-out prompts, same initial noise in every row (training seed 0 of each method)", fontsize=9)
+    fig.tight_layout()
+    path = out / "samples.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def build_tables(uri: str, exp_id: str, out: Path, parent_run_id: str | None = None) -> list[Path]:
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    parent, df = load_runs(client, exp_id, parent_run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    ind, ood, stats = reward_columns(parent, df)
+    cols = {c: h for c, h in headers(ind, ood, stats).items() if c in df}
+    steps = [int(s) for s in parent.data.tags.get("eval_steps", "").split(",") if s]
+    files = main_table(df, cols, out)
+    files += paired_table(client, df, ind, ood, steps[0], out)
+    files += ablation_table(df, cols, out, "granular_list", "eta_step_list", "table2_granularity",
+                            "Table 2. Granularity set Λ (G²RPO)", "Λ")
+    files += ablation_table(df, cols, out, "eta_step_list", "granular_list", "table_eta_steps",
+                            "Noise-injection steps M (G²RPO; not in the paper)", "M")
+    files += steps_table(df, ind, ood, stats, steps, steps[0], out)
+    files += curves(client, df, ind, out)
+    base_scores = df[df.method == BASE]
+    prompts = []
+    if not base_scores.empty:
+        p = client.download_artifacts(base_scores.run_id.iloc[0], f"eval/scores_{steps[0]}steps.csv", tempfile.mkdtemp())
+        prompts = pd.read_csv(p).prompt.tolist()
+    files += sample_grid(client, df, out, prompts)
+    files.append(write_readme(parent, df, files, out, uri, client.get_experiment(exp_id).name))
+    return files
+
+
+def write_readme(parent, df, files, out: Path, uri: str, experiment: str) -> Path:
+    t = parent.data.tags
+    seeds = df[df.method != BASE].groupby(["method", "variant"]).seed.nunique()
+    lines = [f"# Benchmark results: preset `{t.get('preset')}`", "",
+             "Made by:", "", "```bash", t.get("command", "?"), "```", "",
+             f"- git commit `{t.get('git_commit')}`, {t.get('threads')} CPU threads, tier `{t.get('tier')}`",
+             f"- training seeds per row: {', '.join(sorted(set(map(str, seeds.values))))}; "
+             f"in-domain rewards: {t.get('in_domain')}; out-of-domain: {t.get('out_of_domain') or 'none'}",
+             f"- MLflow parent run `{parent.info.run_id}`; rebuild these files from the store with "
+             f"`python -m benchmarks.table --tracking-uri {uri} --experiment {experiment}`",
+             f"- rewards: {t.get('rewards')}", ""]
+    for f in files:
+        if f.suffix == ".md":
+            lines += [f.read_text(), ""]
+    lines += [f"![{f.stem}]({f.name})" for f in files if f.suffix == ".png"]
+    path = out / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.table", description=__doc__.splitlines()[0])
+    ap.add_argument("--tracking-uri", required=True)
+    ap.add_argument("--experiment", required=True, help="e.g. g2rpo-bench/pocket")
+    ap.add_argument("--parent-run-id", help="a benchmark invocation (default: the latest)")
+    ap.add_argument("--out", type=Path, default=Path("results/rebuilt"))
+    a = ap.parse_args(argv)
+    from .tracking import open_store
+
+    try:
+        client, exp_id = open_store(a.tracking_uri, a.experiment, None)
+        files = build_tables(a.tracking_uri, exp_id, a.out, a.parent_run_id)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(files)} files to {a.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Deterministic generation and scoring: what the benchmark runner and ``eval.evaluate`` share.
+
+Every prompt of an evaluation set gets its own fixed initial noise (from its index and the
+evaluation seed, not from the model or the step count), so the base model and every trained
+model are compared on the same x_T, prompt by prompt.
+"""
+from __future__ import annotations
+
+import torch
+
+from g2rpo.loop import generator
+from g2rpo.policy import FlowPolicy, TextEncoder
+from g2rpo.rewards import Reward
+from g2rpo.sampling import ode_sample
+
+from .image_stats import image_stats
+
+
+def eval_noise(n: int, latent_shape, seed: int = 0) -> torch.Tensor:
+    """(n, C, H, W): the initial noise of prompts 0..n-1 of an evaluation set."""
+    return torch.stack([torch.randn(tuple(latent_shape), generator=generator(seed, "eval", i)) for i in range(n)])
+
+
+@torch.no_grad()
+def generate(policy: FlowPolicy, text: TextEncoder, prompts: list[str], sigmas: torch.Tensor, seed: int = 0,
+             batch: int = 64) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] from the deterministic ODE sampler over ``sigmas``."""
+    noise = eval_noise(len(prompts), policy.latent_shape, seed)
+    out = []
+    for i in range(0, len(prompts), batch):
+        cond = text(prompts[i : i + batch])
+        x0, _, _ = ode_sample(policy, noise[i : i + batch], sigmas, cond)
+        out.append(policy.decode(x0))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def score(images: torch.Tensor, prompts: list[str], rewards: dict[str, Reward], batch: int = 64) -> dict[str, torch.Tensor]:
+    """Per-image scores of every reward and every image statistic."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, len(prompts), batch):
+        imgs, ps = images[i : i + batch], prompts[i : i + batch]
+        for name, r in rewards.items():
+            out.setdefault(name, []).append(r(imgs, ps))
+        for name, v in image_stats(imgs).items():
+            out.setdefault(f"stat/{name}", []).append(v)
+    return {k: torch.cat(v) for k, v in out.items()}

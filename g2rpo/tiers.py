@@ -1,0 +1,58 @@
+"""Model tiers: what a preset's ``model`` name loads (policy, text encoder, rewards, prompt sets)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .policy import FlowPolicy, TextEncoder
+from .rewards import Reward
+
+
+@dataclass
+class Tier:
+    """Everything a run needs besides the method and the shared settings."""
+
+    name: str
+    make_policy: Callable[[], FlowPolicy]
+    """A fresh, trainable copy of the base model."""
+    text: TextEncoder
+    """Frozen text encoder (cached per prompt)."""
+    rewards: dict[str, Reward]
+    """Every reward of the tier; those in the shared settings are in-domain, the rest out-of-domain."""
+    train_prompts: list[str]
+    """Prompts RL trains on."""
+    eval_prompts: list[str]
+    """Held-out prompts (never trained on) for evaluation."""
+
+
+TINY_TRAIN = ["a red apple", "a blue whale", "a green frog", "a yellow star", "a purple flower", "a white cloud"]
+TINY_EVAL = ["an orange fox", "a black cat", "a pink pig", "a grey wolf"]
+
+
+def _tiny() -> Tier:
+    from .models.flux import tiny_flux_policy
+    from .models.text import HashTextEncoder
+    from .rewards import Brightness, ChannelContrast, Contrast
+
+    rewards = {r.name: r for r in (Brightness(), ChannelContrast(), Contrast())}
+    return Tier("tiny", lambda: tiny_flux_policy(0), HashTextEncoder(), rewards, TINY_TRAIN, TINY_EVAL)
+
+
+def _pocket() -> Tier:
+    from .pocket.data import prompts
+    from .pocket.model import load_generator
+    from .pocket.rewards import pocket_rewards, text_encoder
+
+    def make_policy() -> FlowPolicy:
+        return load_generator().requires_grad_(True)  # loaded frozen for sampling; RL trains every weight
+
+    return Tier("pocket", make_policy, text_encoder(), pocket_rewards(), prompts("train"), prompts("heldout"))
+
+
+LOADERS: dict[str, Callable[[], Tier]] = {"tiny": _tiny, "pocket": _pocket}
+
+
+def load_tier(name: str) -> Tier:
+    if name not in LOADERS:
+        raise KeyError(f"model tier {name!r} cannot be loaded here; available: {', '.join(LOADERS)}")
+    return LOADERS[name]()

@@ -1,0 +1,159 @@
+"""The benchmark runner end to end (subprocess, temporary MLflow store) and its flag checking."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmarks.plan import parse_int_sets
+from g2rpo.presets import preset
+from g2rpo.registry import make_method
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_dry_run_json_is_the_cost_accounting():
+    r = run("benchmarks.run", "--preset", "paper", "--dry-run", "--json", "--granular-sets", "1;1,2", "--budget", "nfe")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    p = preset("paper")
+    assert {x["method"] for x in rows} == {"g2rpo", "g2rpo-wo-mgai", "flowgrpo", "dancegrpo", "mixgrpo"}
+    for x in rows:
+        over = {"granular_list": tuple(int(v) for v in x["variant"].split("=")[1].split(","))} if "=" in x["variant"] else {}
+        c = make_method(x["method"], p.knobs, **over).cost(p.shared)
+        assert (x["nfe_rollout_per_prompt"], x["nfe_train_per_prompt"], x["images_scored_per_prompt"]) == \
+               (c.nfe_rollout, c.nfe_train, c.images_scored)
+    g2 = next(x for x in rows if x["method"] == "g2rpo" and x["variant"] == "default")
+    assert g2["nfe_rollout_per_prompt"] == 2092 and g2["rounds"] == 300  # Lambda = {1,2,3}, batched rollout
+    # equal-NFE budget: every row spends about the first method's total
+    assert all(abs(x["total_nfe"] - g2["total_nfe"]) <= x["nfe_per_round"] for x in rows)
+    assert "granular_list=1,2" in {x["variant"] for x in rows}  # {1} is the w/o-MGAI run, not run twice
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--methods", "g2rpo,ppo"], "unknown method"),
+    (["--methods", ","], "--methods is empty"),
+    (["--granular-sets", "1;0"], "granular_list"),
+    (["--granular-sets", "1,1"], "duplicate"),
+    (["--granular-sets", "1;a"], "not an integer"),
+    (["--eta-step-sets", "0-20"], "eta_step_list"),
+    (["--preset", "huge"], "unknown preset"),
+    (["--budget", "time"], "--budget"),
+    (["--seeds", "0"], "--seeds"),
+    (["--inference-steps", "10,x"], "--inference-steps"),
+])
+def test_bad_flags_fail_fast(args, msg, capsys, tmp_path):
+    from benchmarks.run import main
+
+    assert main(["--preset", "smoke", "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()  # nothing written before the flags are valid
+
+
+def test_bad_flag_exit_code_through_the_entry_point():
+    r = run("benchmarks.run", "--preset", "smoke", "--methods", "ppo")
+    assert r.returncode == 2 and r.stderr.startswith("error: unknown method") and "Traceback" not in r.stderr
+
+
+def test_unwritable_out_and_broken_store(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run("benchmarks.run", "--preset", "smoke", "--out", str(blocker / "sub"))
+    assert r.returncode == 2 and "not writable" in r.stderr
+    bad = tmp_path / "store.db"
+    bad.write_text("this is not a database")
+    r = run("benchmarks.run", "--preset", "smoke", "--out", str(tmp_path / "o"), "--tracking-uri", f"sqlite:///{bad}")
+    assert r.returncode == 2 and "cannot open the MLflow store" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert bad.read_text() == "this is not a database"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    r = run("benchmarks.run", "--preset", "smoke", "--out", str(out), "--granular-sets", "1;1,2;1,3", "--inference-steps", "3",
+            cwd=out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r
+
+
+def test_smoke_run_writes_tables_and_mlflow_runs(smoke):
+    out, r = smoke
+    for stem in ["table1_main", "paired_vs_base", "table2_granularity", "table3_steps"]:
+        for ext in ["md", "csv", "tex"]:
+            assert (out / f"{stem}.{ext}").stat().st_size > 0, (stem, ext)
+    for f in ["curves.png", "samples.png", "README.md", "mlflow.db"]:
+        assert (out / f).exists(), f
+    assert "python -m benchmarks.run --preset smoke" in (out / "README.md").read_text()
+    table = pd.read_csv(out / "table1_main.csv")
+    assert list(table.Method) == ["Base model", "DanceGRPO", "MixGRPO", "Flow-GRPO", "G²RPO w/o MGAI", "G²RPO"]
+    assert (table["eval/brightness|count"].iloc[1:] == 2).all()
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("g2rpo-bench/smoke")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    children = [x for x in runs if x.data.tags.get("kind") == "child"]
+    assert len(children) == 1 + 5 * 2 + 2  # base, 5 methods x 2 seeds, Lambda={1,3} x 2 seeds ({1}, {1,2} already run)
+    digests = {x.data.tags["shared_digest"] for x in children if x.data.tags["method"] != "base"}
+    assert len(digests) == 2  # one shared block per seed, identical across methods
+    g2 = next(x for x in children if x.data.tags["method"] == "g2rpo" and x.data.tags["variant"] == "default")
+    assert g2.data.params["knobs.eta_step_list"] == "0,1,2" and "git_commit" in g2.data.tags
+    hist = client.get_metric_history(g2.info.run_id, "train/reward/brightness")
+    assert len(hist) == 2 and "eval/brightness" in g2.data.metrics and "eval_3steps/brightness" in g2.data.metrics
+    assert f"done in" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
+
+
+def test_tables_rebuild_from_mlflow_alone(smoke, tmp_path):
+    out, _ = smoke
+    r = run("benchmarks.table", "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", "g2rpo-bench/smoke",
+            "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    for f in ["table1_main.md", "table1_main.csv", "paired_vs_base.csv", "table2_granularity.md", "table3_steps.tex"]:
+        assert (tmp_path / f).read_text() == (out / f).read_text(), f
+
+
+def test_parse_int_sets():
+    assert parse_int_sets("1;1,2; 1,2,3", "x") == [(1,), (1, 2), (1, 2, 3)]
+    assert parse_int_sets("0-3;4-7", "x") == [(0, 1, 2, 3), (4, 5, 6, 7)]
+
+
+def test_granularity_table_rows(smoke):
+    out, _ = smoke
+    assert list(pd.read_csv(out / "table2_granularity.csv")["Λ"]) == ["{1}", "{1,2}", "{1,3}"]
+
+
+def test_nan_reward_fails_cleanly_and_keeps_finished_runs(tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    from benchmarks import run as bench
+    from g2rpo import tiers
+    from g2rpo.rewards import ChannelContrast
+
+    class NaNRedness(ChannelContrast):
+        def score(self, images, prompts):
+            return torch.full((images.shape[0],), float("nan"))
+
+    def broken_tiny():
+        t = tiers._tiny()
+        t.rewards["redness"] = NaNRedness()
+        return t
+
+    monkeypatch.setitem(tiers.LOADERS, "tiny", broken_tiny)
+    (tmp_path / "table1_main.md").write_text("earlier results")
+    rc = bench.main(["--preset", "smoke", "--methods", "g2rpo", "--seeds", "1", "--out", str(tmp_path)])
+    errors = [ln for ln in re.split(r"[\r\n]", capsys.readouterr().err) if ln.startswith("error:")]
+    assert rc == 1 and len(errors) == 1 and "g2rpo:default seed 0 failed: reward 'redness'" in errors[0], errors
+    assert (tmp_path / "table1_main.md").read_text() == "earlier results"
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("g2rpo-bench/smoke")
+    status = {r.data.tags["method"]: r.info.status for r in client.search_runs([exp.experiment_id], "tags.kind = 'child'")}
+    assert status == {"base": "FINISHED", "g2rpo": "FAILED"}
