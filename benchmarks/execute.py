@@ -100,6 +100,7 @@ def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: l
                           "out_of_domain": ",".join(n for n in tier.rewards if n not in in_domain),
                           "eval_steps": ",".join(map(str, [eval_steps(p)] + extra_steps))}
     mlflow.set_experiment(experiment_id=exp_id)
+    t0 = time.perf_counter()
     with mlflow.start_run(run_name=f"benchmark {preset_name}", tags=parent_tags) as parent:
         for i, spec in enumerate(tqdm(runs, desc="runs", leave=False)):
             try:
@@ -110,4 +111,12 @@ def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: l
             shown = ", ".join(f"{k[5:]} {v:.4f}" for k, v in res.items() if k.startswith("eval/") and k[5:] in in_domain)
             tqdm.write(f"{spec.method}:{spec.variant} seed {spec.seed}: {spec.rounds} rounds, {res['cost/total_nfe']} NFE, "
                        f"train {res['time/train_s']:.1f} s, eval {res['time/eval_s']:.1f} s; {shown}")
+        mlflow.log_metrics({"wall_s": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb()})
         return parent.info.run_id
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -28,9 +28,14 @@ class RunSpec:
     rounds: int
     overrides: dict = field(default_factory=dict)
     """Knobs set on top of the preset's (ablations)."""
+    lr: float | None = None
+    """Learning rate for this run instead of the preset's (--lr); weight decay and clipping stay."""
 
     def build(self, preset: Preset) -> Method:
-        return make_method(self.method, preset.knobs, **self.overrides)
+        m = make_method(self.method, preset.knobs, **self.overrides)
+        if self.lr is not None:
+            m.cfg.optim = m.optim = dataclasses.replace(m.optim, lr=self.lr)
+        return m
 
 
 def parse_int_sets(text: str, flag: str) -> list[tuple[int, ...]]:
@@ -66,7 +71,8 @@ def nfe_per_round(method: Method, shared: SharedConfig) -> int:
 
 
 def make_plan(preset: Preset, methods: list[str], seeds: int, rounds: int, budget: str,
-              granular_sets: list[tuple[int, ...]], eta_step_sets: list[tuple[int, ...]]) -> list[RunSpec]:
+              granular_sets: list[tuple[int, ...]], eta_step_sets: list[tuple[int, ...]],
+              lr: float | None = None) -> list[RunSpec]:
     if not methods:
         raise PlanError("--methods is empty; choose from " + ", ".join(METHODS))
     unknown = [m for m in methods if m not in METHODS]
@@ -74,6 +80,8 @@ def make_plan(preset: Preset, methods: list[str], seeds: int, rounds: int, budge
         raise PlanError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if seeds < 1 or rounds < 1:
         raise PlanError("--seeds and --rounds must be >= 1")
+    if lr is not None and not 0 < lr < 1:
+        raise PlanError(f"--lr must be in (0, 1), got {lr}")
     if budget not in ("rounds", "nfe"):
         raise PlanError(f"--budget must be 'rounds' or 'nfe', got {budget!r}")
     variants = [(m, "default", {}) for m in dict.fromkeys(methods)]
@@ -96,7 +104,7 @@ def make_plan(preset: Preset, methods: list[str], seeds: int, rounds: int, budge
     runs = [RunSpec(BASE, "default", 0, 0)]
     for name, variant, over, m in planned:
         r = rounds if budget == "rounds" else max(1, round(rounds * ref / nfe_per_round(m, shared)))
-        runs += [RunSpec(name, variant, s, r, over) for s in range(seeds)]
+        runs += [RunSpec(name, variant, s, r, over, lr) for s in range(seeds)]
     return runs
 
 

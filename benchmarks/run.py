@@ -35,6 +35,7 @@ def parse_args(argv):
     ap.add_argument("--eta-step-sets", default="", help='G2RPO noise-step ablation, e.g. "0-3;0-7;4-7"')
     ap.add_argument("--inference-steps", default="", help="extra evaluation step counts, e.g. 10,20")
     ap.add_argument("--budget", default="rounds", help="rounds (equal rounds) or nfe (equal model evaluations)")
+    ap.add_argument("--lr", type=float, help="one learning rate for every method instead of the preset's")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and its cost accounting; no model work")
     ap.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
@@ -58,7 +59,7 @@ def resolve(a) -> tuple[Preset, list[RunSpec], list[int]]:
     seeds = p.seeds if a.seeds is None else a.seeds
     rounds = p.shared.rounds if a.rounds is None else a.rounds
     runs = make_plan(p, methods, seeds, rounds, a.budget,
-                     sets["granular_sets"], sets["eta_step_sets"])
+                     sets["granular_sets"], sets["eta_step_sets"], a.lr)
     return p, runs, steps
 
 

@@ -229,11 +229,12 @@ def build_tables(uri: str, exp_id: str, out: Path, parent_run_id: str | None = N
 
 
 def write_readme(parent, df, files, out: Path, uri: str, experiment: str) -> Path:
-    t = parent.data.tags
+    t, m = parent.data.tags, parent.data.metrics
     seeds = df[df.method != BASE].groupby(["method", "variant"]).seed.nunique()
     lines = [f"# Benchmark results: preset `{t.get('preset')}`", "",
              "Made by:", "", "```bash", t.get("command", "?"), "```", "",
-             f"- git commit `{t.get('git_commit')}`, {t.get('threads')} CPU threads, tier `{t.get('tier')}`",
+             f"- git commit `{t.get('git_commit')}`, {t.get('threads')} CPU threads, tier `{t.get('tier')}`; "
+             f"wall-clock {m.get('wall_s', float('nan')) / 60:.1f} min, peak RSS {m.get('peak_rss_gb', float('nan')):.2f} GB",
              f"- training seeds per row: {', '.join(sorted(set(map(str, seeds.values))))}; "
              f"in-domain rewards: {t.get('in_domain')}; out-of-domain: {t.get('out_of_domain') or 'none'}",
              f"- MLflow parent run `{parent.info.run_id}`; rebuild these files from the store with "

@@ -1,4 +1,5 @@
 """The benchmark runner end to end (subprocess, temporary MLflow store) and its flag checking."""
+import dataclasses
 import json
 import re
 import subprocess
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks.plan import parse_int_sets
+from benchmarks.plan import make_plan, parse_int_sets
 from g2rpo.presets import preset
 from g2rpo.registry import make_method
 
@@ -38,6 +39,17 @@ def test_dry_run_json_is_the_cost_accounting():
     assert "granular_list=1,2" in {x["variant"] for x in rows}  # {1} is the w/o-MGAI run, not run twice
 
 
+def test_lr_flag_sets_every_methods_learning_rate_only():
+    r = run("benchmarks.run", "--dry-run", "--json", "--lr", "1e-4")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert len(rows) == 5 and all(x["knobs"]["lr"] == 1e-4 for x in rows)
+    p = preset("pocket")
+    built = make_plan(p, ["dancegrpo"], 1, 2, "rounds", [], [], lr=1e-4)[1].build(p)
+    official = make_method("dancegrpo", p.knobs)
+    assert built.optim == dataclasses.replace(official.optim, lr=1e-4) and built.cfg.optim is built.optim
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--methods", "g2rpo,ppo"], "unknown method"),
     (["--methods", ","], "--methods is empty"),
@@ -49,6 +61,7 @@ def test_dry_run_json_is_the_cost_accounting():
     (["--budget", "time"], "--budget"),
     (["--seeds", "0"], "--seeds"),
     (["--inference-steps", "10,x"], "--inference-steps"),
+    (["--lr", "0"], "--lr"),
 ])
 def test_bad_flags_fail_fast(args, msg, capsys, tmp_path):
     from benchmarks.run import main
@@ -110,6 +123,9 @@ def test_smoke_run_writes_tables_and_mlflow_runs(smoke):
     hist = client.get_metric_history(g2.info.run_id, "train/reward/brightness")
     assert len(hist) == 2 and "eval/brightness" in g2.data.metrics and "eval_3steps/brightness" in g2.data.metrics
     assert f"done in" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
+    parent = next(x for x in runs if x.data.tags.get("kind") == "parent")
+    assert 0 < parent.data.metrics["peak_rss_gb"] < 24 and parent.data.metrics["wall_s"] > 0
+    assert "peak RSS" in (out / "README.md").read_text()
 
 
 def test_tables_rebuild_from_mlflow_alone(smoke, tmp_path):
