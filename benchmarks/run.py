@@ -121,11 +121,12 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     from .table import build_tables
+    from .tracking import shown_uri
 
     files = build_tables(uri, exp_id, out, parent_run_id=parent)
-    print(f"done in {time.perf_counter() - t0:.0f} s: {len(runs)} runs in {uri} (parent run {parent}); "
+    print(f"done in {time.perf_counter() - t0:.0f} s: {len(runs)} runs in {shown_uri(uri)} (parent run {parent}); "
           f"tables and figures in {out}/: {', '.join(sorted(f.name for f in files))}")
-    print(f"browse with: mlflow ui --backend-store-uri {uri}")
+    print(f"browse with: mlflow ui --backend-store-uri {shown_uri(uri)}")
     return 0
 
 

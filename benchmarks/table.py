@@ -15,6 +15,7 @@ import pandas as pd
 
 from .plan import BASE
 from .render import bootstrap_ci, formatted, summarise, write_table
+from .tracking import shown_uri
 
 NAMES = {BASE: "Base model", "dancegrpo": "DanceGRPO", "mixgrpo": "MixGRPO", "flowgrpo": "Flow-GRPO",
          "g2rpo-wo-mgai": "G²RPO w/o MGAI", "g2rpo": "G²RPO"}
@@ -238,7 +239,7 @@ def write_readme(parent, df, files, out: Path, uri: str, experiment: str) -> Pat
              f"- training seeds per row: {', '.join(sorted(set(map(str, seeds.values))))}; "
              f"in-domain rewards: {t.get('in_domain')}; out-of-domain: {t.get('out_of_domain') or 'none'}",
              f"- MLflow parent run `{parent.info.run_id}`; rebuild these files from the store with "
-             f"`python -m benchmarks.table --tracking-uri {uri} --experiment {experiment}`",
+             f"`python -m benchmarks.table --tracking-uri {shown_uri(uri)} --experiment {experiment}`",
              f"- rewards: {t.get('rewards')}", ""]
     for f in files:
         if f.suffix == ".md":

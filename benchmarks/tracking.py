@@ -13,6 +13,12 @@ def default_uri(out: Path) -> str:
     return f"sqlite:///{(out / 'mlflow.db').resolve()}"
 
 
+def shown_uri(uri: str) -> str:
+    """A sqlite URI under the working directory shown relative to it, so printed commands work in any clone."""
+    prefix = f"sqlite:///{Path.cwd().resolve()}/"
+    return "sqlite:///" + uri[len(prefix):] if uri.startswith(prefix) else uri
+
+
 def open_store(uri: str, experiment: str, artifact_root: Path | None):
     """Connect and get or create the experiment; raises RuntimeError with one line if the store cannot be used."""
     import logging
