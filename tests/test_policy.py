@@ -1,9 +1,11 @@
 """The FLUX policy wrapper: packing, ids, timestep convention, guidance."""
+import pytest
 import torch
 from diffusers import FluxPipeline
 
 from g2rpo.models.flux import image_ids, pack, tiny_flux_policy, unpack
 from g2rpo.models.text import HashTextEncoder
+from g2rpo.policy import Cond
 
 
 def test_pack_matches_flux_pipeline_and_inverts():
@@ -51,3 +53,17 @@ def test_velocity_is_per_sample_and_counted():
     assert policy.calls == {"rollout": 4, "train": 0}
     policy(x, s, cond).sum().backward()
     assert policy.calls["train"] == 2
+
+
+@pytest.mark.parametrize("guidance", [None, 3.5])
+def test_analytic_flops_equal_torch_flop_counter(guidance):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from g2rpo.models.flux import flux_forward_flops
+
+    pol = tiny_flux_policy(0, guidance=guidance)
+    x, cond = torch.randn(3, *pol.latent_shape), Cond(torch.randn(3, 5, 32), torch.randn(3, 32))
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:  # math SDPA is counted
+        pol(x, torch.full((3,), 0.5), cond)
+    assert fc.get_total_flops() == 3 * flux_forward_flops(pol.transformer.config, img_tokens=16, txt_tokens=5)

@@ -113,3 +113,23 @@ def tiny_flux_policy(
             if p.abs().sum() == 0:
                 p.normal_(0, 0.02)
     return FluxPolicy(transformer, (channels, image_size, image_size), patch, guidance, timestep_convention)
+
+
+def flux_forward_flops(config, img_tokens: int, txt_tokens: int) -> int:
+    """Matrix-multiply FLOPs (2·m·n·k) of one FluxTransformer2DModel forward for one sample, from its config.
+
+    Dual-stream blocks: per token q,k,v, out and a 4x MLP (24·D² per token, both streams) plus joint attention
+    (QKᵀ and AV, 4·S²·D); single-stream blocks: the same 24·D² per token over the joined sequence; plus
+    embeddings, the per-sample AdaLN modulations and the output projection. Norms, RoPE and activations are
+    elementwise and left out, as in the usual MFU accounting.
+    """
+    c = config
+    d = c.num_attention_heads * c.attention_head_dim
+    s = img_tokens + txt_tokens
+    embed = img_tokens * c.in_channels * d + txt_tokens * c.joint_attention_dim * d
+    temb = (256 * d + d * d) + (c.pooled_projection_dim * d + d * d) + (256 * d + d * d) * bool(c.guidance_embeds)
+    dual = 2 * d * 6 * d + 12 * s * d * d + 2 * s * s * d
+    single = d * 3 * d + 12 * s * d * d + 2 * s * s * d
+    out_channels = c.out_channels or c.in_channels
+    out = d * 2 * d + img_tokens * d * c.patch_size**2 * out_channels
+    return 2 * (embed + temb + c.num_layers * dual + c.num_single_layers * single + out)
