@@ -5,7 +5,7 @@
 - ``mfu``: model FLOPs of the batched rollout (analytic, ``flux_forward_flops``) per second over the peak fp32
   matrix-multiply FLOP/s measured here on the same threads.
 - ``r2_cost_model``: R² of measured G2RPO round time against the cost accounting (rollout NFE, train NFE, images
-  scored; least squares with an intercept) over G x |Lambda| x |M|.
+  scored and a per-round constant; non-negative least squares) over G x |Lambda| x |M|.
 - per-method seconds per round (rollout, reward, update) on the preset's shared settings.
 - ``peak_rss_gb``: peak resident memory of the benchmark runner on the preset (all methods, one seed, 2 rounds:
   memory does not grow with rounds or seeds, which run one after another).
@@ -17,7 +17,6 @@ import dataclasses
 import itertools
 import json
 import platform
-import resource
 import shlex
 import subprocess
 import sys
@@ -63,6 +62,14 @@ def timed(fn, reps: int):
     return best, out
 
 
+def forward_throughput(policy, cond, batch: int, rows: int = 256) -> float:
+    """Rows per second of plain no-grad forwards at one batch size (same prompt, mid-schedule sigma)."""
+    x, c = torch.randn(batch, *policy.latent_shape), cond[[0] * batch]
+    with torch.no_grad():
+        sec, _ = timed(lambda: [policy(x, torch.full((batch,), 0.5), c) for _ in range(max(1, rows // batch))], 2)
+    return batch * max(1, rows // batch) / sec
+
+
 def rollout_speed(tier, p, reps: int) -> dict:
     shared = p.shared
     prompts = round_prompts(tier.train_prompts, shared, 0)
@@ -80,7 +87,11 @@ def rollout_speed(tier, p, reps: int) -> dict:
     diff = max((a.images - b.images).abs().max().item(), (a.transitions.x_next - b.transitions.x_next).abs().max().item(),
                (a.transitions.log_prob_old - b.transitions.log_prob_old).abs().max().item())
     flops = res["batched_rows"] * flux_forward_flops(policy.transformer.config, policy.img_ids.shape[0], cond.tokens.shape[1])
-    return {"rollout_s_batched": res["batched"][0], "rollout_s_loop": res["reference"][0],
+    tp1, tp64 = forward_throughput(policy, cond, 1), forward_throughput(policy, cond, 64)
+    # if every call ran at the batch-64 rate and the loop at the batch-1 rate, nothing else costing time:
+    bound = (res["reference_rows"] / tp1) / (res["batched_rows"] / tp64)
+    return {"forward_rows_per_s_batch1": tp1, "forward_rows_per_s_batch64": tp64, "speedup_bound_from_throughput": bound,
+            "rollout_s_batched": res["batched"][0], "rollout_s_loop": res["reference"][0],
             "speedup_batched_vs_loop": res["reference"][0] / res["batched"][0], "max_abs_diff": diff,
             "rollout_rows_batched": res["batched_rows"], "rollout_rows_loop": res["reference_rows"],
             "rollout_gflop": flops / 1e9, "rollout_gflops_per_s": flops / res["batched"][0] / 1e9}
@@ -107,21 +118,29 @@ def cost_model_fit(tier, p, grid) -> dict:
         points.append({"G": g, "granular_list": lam, "eta_step_list": ks} | t)
     X = np.array([[q["nfe_rollout"], q["nfe_train"], q["images"], 1.0] for q in points])
     y = np.array([q["round_s"] for q in points])
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    from scipy.optimize import nnls
+
+    coef, _ = nnls(X, y)  # costs per unit cannot be negative; plain least squares trades them off when collinear
     r2 = 1 - ((y - X @ coef) ** 2).sum() / ((y - y.mean()) ** 2).sum()
     return {"r2_cost_model": float(r2), "cost_model_s_per_unit": dict(zip(["rollout_nfe", "train_nfe", "image", "round"],
                                                                          map(float, coef))), "cost_model_points": points}
 
 
+RSS_PROBE = ("import resource, sys; from benchmarks.run import main; rc = main(sys.argv[1:]); "
+             "print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+
+
 def runner_peak_rss(preset_name: str, threads: int) -> float:
-    """Peak RSS (GB) of ``benchmarks.run`` on the preset, all methods, one seed, two rounds, in a child process."""
+    """Peak RSS (GB) of ``benchmarks.run`` on the preset, all methods, one seed, two rounds, tables included.
+
+    The child reports its own peak: RUSAGE_CHILDREN would also count the pages a fork shares with this process."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "benchmarks.run", "--preset", preset_name, "--seeds", "1", "--rounds", "2",
+        cmd = [sys.executable, "-c", RSS_PROBE, "--preset", preset_name, "--seeds", "1", "--rounds", "2",
                "--threads", str(threads), "--out", out]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"benchmark run for peak RSS failed: {r.stderr.strip().splitlines()[-1]}")
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    return int(r.stdout.split("peak_rss_kib")[-1]) / 2**20
 
 
 def markdown(res: dict, command: str) -> str:
@@ -132,6 +151,8 @@ def markdown(res: dict, command: str) -> str:
              "| metric | value | target |", "|---|---|---|",
              f"| speedup_batched_vs_loop (G²RPO rollout, one sample at a time / batched) | {res['speedup_batched_vs_loop']:.2f}"
              f" ({res['rollout_s_loop']:.2f} s / {res['rollout_s_batched']:.2f} s; max abs diff {res['max_abs_diff']:.1e}) | ≥ 3 |",
+             f"| speedup bound from forward throughput alone ({res['forward_rows_per_s_batch1']:.0f} rows/s at batch 1, "
+             f"{res['forward_rows_per_s_batch64']:.0f} at batch 64) | {res['speedup_bound_from_throughput']:.2f} | |",
              f"| mfu (rollout model FLOP/s ÷ peak fp32 matmul FLOP/s) | {res['mfu']:.3f} ({res['rollout_gflops_per_s']:.1f} ÷ "
              f"{res['peak_gflops']:.1f} GFLOP/s) | ≥ 0.5 |",
              f"| r2_cost_model (round time ~ rollout NFE + train NFE + images, {len(res['cost_model_points'])} configs) "

@@ -23,6 +23,9 @@ HEADS = ASSETS / "reward_heads.safetensors"
 HEADS_META = ASSETS / "reward_heads.json"
 EFF_SIZE = 128
 """EfficientNet input side: pocket images (32 px) are upsampled to it, in training and scoring alike."""
+EFF_CHUNK = 16
+"""Images per EfficientNet call: on 2 cores chunks of 16 keep activations in cache and run ~6x faster than
+one batch of 130 (``benchmarks.perf`` shows the reward seconds per round)."""
 
 
 class AlignHead(nn.Module):
@@ -73,7 +76,7 @@ def effnet_outputs(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     key = (tuple(images.shape), hashlib.blake2b(images.detach().cpu().numpy().tobytes(), digest_size=16).digest())
     if _LAST.get("key") != key:
         net = load_effnet()
-        feats = net.features(prepare(images, EFF_SIZE))
+        feats = torch.cat([net.features(c) for c in prepare(images, EFF_SIZE).split(EFF_CHUNK)])
         _LAST.update(key=key, out=(feats, net._fc(feats)))
     return _LAST["out"]
 
