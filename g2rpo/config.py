@@ -36,6 +36,8 @@ class SharedConfig:
     """Reward models trained on and their weights w_m (official G2RPO: HPS 1 + CLIP 1)."""
     precision: str = "fp32"
     """Model compute dtype: 'fp32' or 'bf16' (the SDE step and log-probs are always fp32)."""
+    min_valid_frac: float = 0.5
+    """A round whose images have finite rewards for fewer than this fraction is skipped (no update, logged)."""
     max_batch: int = 0
     """Largest rollout batch per model call (0 = no limit); bounds memory, not results."""
     max_train_batch: int = 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from typing import Callable
@@ -14,6 +15,8 @@ from .method import Method, Transitions
 from .policy import Cond, FlowPolicy, TextEncoder
 from .rewards import Reward
 from .sde import sde_step
+
+log = logging.getLogger(__name__)
 
 
 def generator(seed: int, *stream) -> torch.Generator:
@@ -58,11 +61,13 @@ class Trainer:
         method.setup(policy)
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Scores of every in-domain reward. Non-finite scores are kept (the advantages leave them out); a reward
+        with no finite score at all is broken, not noisy, and stops the run."""
         out = {}
         for m in self.shared.rewards:
             r = self.rewards[m](images, prompts)
-            if not torch.isfinite(r).all():
-                raise FloatingPointError(f"reward {m!r} returned {int((~torch.isfinite(r)).sum())} non-finite values")
+            if not torch.isfinite(r).any():
+                raise FloatingPointError(f"reward {m!r} returned no finite value for any of {len(r)} images")
             out[m] = r
         return out
 
@@ -82,17 +87,24 @@ class Trainer:
         img_prompts = [prompts[i] for i in ro.image_prompt.tolist()]
         rewards = self.score(ro.images, img_prompts)
         extra = {name: self.score(img, prompts) for name, img in ro.extra_images.items()}
+        valid = torch.stack([torch.isfinite(v) for v in rewards.values()]).all(0)
+        rewards = {m: torch.where(valid, v, float("nan")) for m, v in rewards.items()}  # an image is dropped whole
+        skipped = valid.float().mean().item() < shared.min_valid_frac
         t2 = time.perf_counter()
-        stats = self.method.advantages(ro, rewards, shared.rewards)
-        groups = self.method.update_groups(ro, generator(shared.seed, "train", r))
-        upd = self.update(ro.transitions, cond, groups)
+        groups = self.method.update_groups(ro, generator(shared.seed, "train", r))  # drawn even when skipped
+        if skipped:
+            log.warning("round %d skipped: %d of %d images have non-finite rewards", r, int((~valid).sum()), len(valid))
+            stats, upd = {}, self.update(ro.transitions, cond, [])
+        else:
+            stats = self.method.advantages(ro, rewards, shared.rewards)
+            upd = self.update(ro.transitions, cond, groups)
         t3 = time.perf_counter()
-        metrics = {"round": r, **stats, **upd}
+        metrics = {"round": r, **stats, **upd, "nonfinite_images": int((~valid).sum()), "skipped": int(skipped)}
         for m, v in rewards.items():
-            metrics[f"reward/{m}"] = v.mean().item()
+            metrics[f"reward/{m}"] = v.nanmean().item()
         for name, sc in extra.items():
             for m, v in sc.items():
-                metrics[f"{name}_reward/{m}"] = v.mean().item()
+                metrics[f"{name}_reward/{m}"] = v.nanmean().item()
         ref = self.method.reference
         metrics |= {"nfe_rollout": policy.calls["rollout"], "nfe_train": policy.calls["train"],
                     "nfe_reference": ref.calls["rollout"] + ref.calls["train"] if ref is not None else 0,
@@ -106,7 +118,7 @@ class Trainer:
         policy, method, shape = self.policy, self.method, tr.x.shape[1:]
         trained, n = tr.trained(), tr.n
         params = [p for p in policy.parameters() if p.requires_grad]
-        losses, ratios, clipped, norms, first_dev = [], [], [], [], None
+        losses, ratios, clipped, norms, first_dev, nonfinite_steps = [], [], [], [], None, 0
         for rows in groups:
             rows = rows[trained[rows].any(1)]  # rows with no trained member cost nothing
             weight = trained[rows].sum()
@@ -132,7 +144,12 @@ class Trainer:
                 clipped.append(((r_sel - 1).abs() > method.clip_range).float())
                 if not norms:  # before the round's first optimizer step the ratio must be 1
                     first_dev = max(first_dev or 0.0, (r_sel - 1).abs().max().item())
-            norms.append(torch.nn.utils.clip_grad_norm_(params, method.optim.max_grad_norm).item())
+            norm = torch.nn.utils.clip_grad_norm_(params, method.optim.max_grad_norm).item()
+            if not math.isfinite(norm):  # a non-finite gradient never reaches the weights
+                self.opt.zero_grad(set_to_none=True)
+                nonfinite_steps += 1
+                continue
+            norms.append(norm)
             self.opt.step()
         total = trained[torch.cat(groups)].sum().clamp(min=1) if groups else 1
         ratios = torch.cat(ratios) if ratios else torch.ones(1)
@@ -142,6 +159,7 @@ class Trainer:
             "first_ratio_max_dev": first_dev if first_dev is not None else 0.0,
             "clip_frac": torch.cat(clipped).mean().item() if clipped else 0.0,
             "grad_norm": sum(norms) / max(len(norms), 1), "optimizer_steps": len(norms),
+            "nonfinite_grad_steps": nonfinite_steps,
         }
 
     def train(self, rounds: int | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:

@@ -1,0 +1,80 @@
+"""Faults during training: non-finite rewards are masked out, too few finite ones skip the round, NaN never
+reaches the weights (issue: reliability)."""
+import pytest
+import torch
+
+from g2rpo import advantages as A
+from g2rpo.loop import Trainer
+from g2rpo.models.flux import tiny_flux_policy
+from g2rpo.models.text import HashTextEncoder
+from g2rpo.registry import METHODS, make_method
+from g2rpo.rewards import Brightness
+from tests.helpers import PROMPTS, no_decay, shared
+
+NAN = float("nan")
+
+
+def test_masked_group_zscore_is_the_zscore_of_the_finite_rewards():
+    r = torch.tensor([[1.0, NAN, 3.0, 6.0], [2.0, 2.5, float("inf"), NAN], [NAN, 1.0, NAN, NAN]])
+    a = A.group_zscore(r)
+    assert torch.allclose(a[0, [0, 2, 3]], A.group_zscore(torch.tensor([1.0, 3.0, 6.0])))
+    assert torch.allclose(a[1, :2], A.group_zscore(torch.tensor([2.0, 2.5])))
+    assert a[0, 1] == 0 and (a[1, 2:] == 0).all() and (a[2] == 0).all()  # masked, and a group of one finite
+    assert torch.isfinite(a).all()
+
+
+def test_masked_flowgrpo_std_uses_the_finite_rewards_of_the_round():
+    r = torch.tensor([[1.0, 2.0, NAN], [4.0, 8.0, 5.0]])
+    std = torch.tensor([1.0, 2.0, 4.0, 8.0, 5.0]).std(unbiased=False) + 1e-4  # population std of the finite rewards
+    expect = torch.tensor([[-0.5, 0.5, 0.0], [4 - 17 / 3, 8 - 17 / 3, 5 - 17 / 3]]) / std
+    expect[0, 2] = 0
+    assert torch.allclose(A.global_std_advantage(r), expect)
+    p = A.per_group_std_advantage(r)
+    assert torch.allclose(p[0, :2], A.per_group_std_advantage(torch.tensor([[1.0, 2.0]]))[0]) and p[0, 2] == 0
+
+
+class Holey(Brightness):
+    """Brightness with NaN for a chosen set of image indices."""
+
+    def __init__(self, bad):
+        self.bad = bad
+
+    def score(self, images, prompts):
+        r = super().score(images, prompts)
+        r[self.bad(len(r))] = NAN
+        return r
+
+
+def make_trainer(name, reward):
+    sh = shared(rewards={"brightness": 1.0})
+    knobs = {"g2rpo": {"eta_step_list": (0, 1, 2)}, "dancegrpo": {"gradient_accumulation_steps": 3},
+             "mixgrpo": {"gradient_accumulation_steps": 3}}
+    m = make_method(name, knobs)
+    m.cfg.optim = m.optim = no_decay(1e-3)
+    return Trainer(tiny_flux_policy(0), HashTextEncoder(), m, {"brightness": reward}, sh, PROMPTS)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_some_nan_rewards_are_masked_and_weights_stay_finite(name):
+    t = make_trainer(name, Holey(lambda n: torch.arange(n) % 4 == 1))
+    before = [p.detach().clone() for p in t.policy.parameters()]
+    m = t.step()
+    assert m["nonfinite_images"] > 0 and m["skipped"] == 0 and m["optimizer_steps"] > 0
+    assert all(torch.isfinite(p).all() for p in t.policy.parameters())
+    assert any((p - b).abs().max() > 0 for p, b in zip(t.policy.parameters(), before))
+    assert torch.isfinite(torch.tensor(m["loss"]))
+
+
+@pytest.mark.parametrize("name", ["g2rpo", "dancegrpo"])
+def test_too_few_finite_rewards_skip_the_round(name):
+    t = make_trainer(name, Holey(lambda n: torch.arange(n) % 4 != 0))  # 3 in 4 images fail
+    before = [p.detach().clone() for p in t.policy.parameters()]
+    m = t.step()
+    assert m["skipped"] == 1 and m["optimizer_steps"] == 0 and t.round_idx == 1
+    assert all(torch.equal(p, b) for p, b in zip(t.policy.parameters(), before))
+
+
+def test_a_reward_with_no_finite_value_stops_the_run():
+    t = make_trainer("g2rpo", Holey(lambda n: torch.ones(n, dtype=torch.bool)))
+    with pytest.raises(FloatingPointError, match="reward 'brightness' returned no finite value"):
+        t.step()
