@@ -33,6 +33,8 @@ from g2rpo.presets import PRESETS, preset as get_preset
 from g2rpo.registry import METHODS, make_method
 from g2rpo.tiers import load_tier
 
+from .files import write_text
+
 GRIDS = {  # (G, Lambda sets, M sets) of the cost-model fit
     "full": ((4, 8, 12), ((1,), (1, 2), (1, 2, 3)), ((0, 1), (0, 1, 2, 3), tuple(range(8)))),
     "quick": ((2, 3), ((1,), (1, 2)), ((0,), (0, 1))),
@@ -200,9 +202,7 @@ def main(argv=None) -> int:
     text = markdown(res, command)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.out.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(a.out)
+        write_text(a.out, text)
     print(json.dumps(res, default=str) if a.json else text)
     return 0
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .files import atomic, write_text
+
 
 def cell(mean: float, std: float, n: int, digits: int = 4) -> str:
     """'mean ± std (n)'; the std is over seeds (ddof 1) and omitted for a single seed."""
@@ -58,12 +60,11 @@ def to_latex(df: pd.DataFrame, caption: str) -> str:
 
 def write_table(shown: pd.DataFrame, raw: pd.DataFrame, out: Path, stem: str, title: str, note: str) -> list[Path]:
     """``stem``.md (title, table, note), .csv (raw numbers) and .tex."""
-    md = out / f"{stem}.md"
-    md.write_text(f"## {title}\n\n{to_markdown(shown)}\n\n{note}\n")
+    md = write_text(out / f"{stem}.md", f"## {title}\n\n{to_markdown(shown)}\n\n{note}\n")
     csv = out / f"{stem}.csv"
-    raw.to_csv(csv, index=False, float_format="%.6g")
-    tex = out / f"{stem}.tex"
-    tex.write_text(to_latex(shown, title))
+    with atomic(csv) as tmp:
+        raw.to_csv(tmp, index=False, float_format="%.6g")
+    tex = write_text(out / f"{stem}.tex", to_latex(shown, title))
     return [md, csv, tex]
 
 

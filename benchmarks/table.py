@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .plan import BASE
+from .files import atomic, write_text
 from .render import bootstrap_ci, formatted, summarise, write_table
 from .tracking import shown_uri
 
@@ -145,8 +146,8 @@ def curves(client, df, ind, out) -> list[Path]:
         for rid in runs.run_id:
             for k in hist:
                 key = f"train/reward/{k}" if k != "cum_nfe" else "train/cum_nfe"
-                h = sorted(client.get_metric_history(rid, key), key=lambda x: x.step)
-                hist[k].append([x.value for x in h])
+                h = {x.step: x.value for x in sorted(client.get_metric_history(rid, key), key=lambda x: x.timestamp)}
+                hist[k].append([h[s] for s in sorted(h)])  # a round re-logged after a resume counts once
         n = min(len(v) for v in hist["cum_nfe"])
         if n == 0:
             continue
@@ -164,7 +165,8 @@ def curves(client, df, ind, out) -> list[Path]:
     fig.suptitle("In-domain reward of the training rollouts (mean ± std over seeds)")
     fig.tight_layout()
     path = out / "curves.png"
-    fig.savefig(path, dpi=110)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return [path]
 
@@ -197,7 +199,8 @@ def sample_grid(client, df, out, prompts: list[str]) -> list[Path]:
     fig.suptitle("Held-out prompts, same initial noise in every row (training seed 0 of each method)", fontsize=9)
     fig.tight_layout()
     path = out / "samples.png"
-    fig.savefig(path, dpi=110)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return [path]
 
@@ -245,9 +248,7 @@ def write_readme(parent, df, files, out: Path, uri: str, experiment: str) -> Pat
         if f.suffix == ".md":
             lines += [f.read_text(), ""]
     lines += [f"![{f.stem}]({f.name})" for f in files if f.suffix == ".png"]
-    path = out / "README.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(out / "README.md", "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,11 @@
 """MLflow plumbing: open (or refuse) a store, parent and child runs, flattened params, provenance tags."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
+import time
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -19,6 +22,10 @@ def shown_uri(uri: str) -> str:
     return "sqlite:///" + uri[len(prefix):] if uri.startswith(prefix) else uri
 
 
+RACES = ("already exists", "database is locked", "UNIQUE constraint failed")
+"""Errors two invocations creating one store at the same moment can see; opening is retried on them."""
+
+
 def open_store(uri: str, experiment: str, artifact_root: Path | None):
     """Connect and get or create the experiment; raises RuntimeError with one line if the store cannot be used."""
     import logging
@@ -28,17 +35,49 @@ def open_store(uri: str, experiment: str, artifact_root: Path | None):
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        return _open(mlflow, uri, experiment, artifact_root)
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """For a sqlite store, an exclusive lock beside the file while the store is created or migrated: two
+    invocations doing it at once corrupt its schema (MLflow runs the migrations on first open)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
     try:
-        client = mlflow.MlflowClient(uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            loc = artifact_root.resolve().as_uri() if artifact_root is not None else None
-            exp_id = client.create_experiment(experiment, artifact_location=loc)
-        else:
-            exp_id = exp.experiment_id
-    except Exception as e:  # any backend failure: one line, no traceback
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(f"cannot open the MLflow store {uri!r}: {first}") from None
+        f = open(db.with_name(db.name + ".lock"), "w")
+    except OSError:  # no such or no writable folder: let MLflow report the store itself
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _open(mlflow, uri, experiment, artifact_root):
+    for attempt in range(4):
+        try:
+            client = mlflow.MlflowClient(uri)
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                loc = artifact_root.resolve().as_uri() if artifact_root is not None else None
+                exp_id = client.create_experiment(experiment, artifact_location=loc)
+            else:
+                exp_id = exp.experiment_id
+            break
+        except Exception as e:  # any backend failure: one line, no traceback
+            msg = str(e).strip()
+            if any(t in msg for t in RACES) and attempt < 3:  # another invocation is creating the same store
+                time.sleep(0.2 * 2**attempt)
+                continue
+            first = msg.splitlines()[0] if msg else type(e).__name__
+            raise RuntimeError(f"cannot open the MLflow store {uri!r}: {first}") from None
     return client, exp_id
 
 

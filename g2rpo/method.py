@@ -96,6 +96,12 @@ class Method:
         """Raise ValueError for knobs that do not fit the shared settings, before any model work."""
         if shared.num_generations < 2:
             raise ValueError("num_generations must be >= 2 for group-normalised advantages")
+        cfg = getattr(self, "cfg", None)
+        for knob, ok, rule in (("eta", lambda v: 0 <= v < 10, "in [0, 10)"), ("noise_level", lambda v: 0 <= v < 10, "in [0, 10)"),
+                               ("clip_range", lambda v: 0 < v < 1, "in (0, 1)"), ("adv_clip_max", lambda v: v > 0, "> 0")):
+            v = getattr(cfg, knob, None)
+            if v is not None and not (isinstance(v, (int, float)) and ok(v)):
+                raise ValueError(f"{knob} must be {rule}, got {v!r}")
 
     def rollout(self, policy: FlowPolicy, cond: Cond, init_noise: torch.Tensor, gen: torch.Generator,
                 shared: SharedConfig, round_idx: int = 0) -> Rollout:

@@ -78,3 +78,17 @@ def test_a_reward_with_no_finite_value_stops_the_run():
     t = make_trainer("g2rpo", Holey(lambda n: torch.ones(n, dtype=torch.bool)))
     with pytest.raises(FloatingPointError, match="reward 'brightness' returned no finite value"):
         t.step()
+
+
+@pytest.mark.parametrize("name,knob,value", [("g2rpo", "eta", -0.1), ("dancegrpo", "eta", float("nan")),
+                                             ("flowgrpo", "noise_level", 12.0), ("mixgrpo", "clip_range", 0.0),
+                                             ("g2rpo", "clip_range", 1.5), ("dancegrpo", "adv_clip_max", -1.0)])
+def test_out_of_range_knobs_are_refused(name, knob, value):
+    m = make_method(name, {}, **{knob: value})
+    with pytest.raises(ValueError, match=knob):
+        m.validate(shared(num_steps=10))
+
+
+def test_group_of_one_is_refused():
+    with pytest.raises(ValueError, match="num_generations must be >= 2"):
+        make_method("g2rpo", {}, eta_step_list=(0,)).validate(shared(num_generations=1))

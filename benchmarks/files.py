@@ -1,0 +1,48 @@
+"""Atomic file writes: a reader (or a run killed mid-write) sees the old file or the new one, never half of one."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic(path: Path):
+    """Yields a temporary path beside ``path``; renamed onto it only if the block completes."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> Path:
+    with atomic(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Delete temporaries left in ``folder`` by writers that were killed (their pid is gone)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
