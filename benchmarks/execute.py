@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +19,7 @@ from g2rpo.loop import Trainer
 from g2rpo.presets import Preset
 from g2rpo.tiers import Tier
 
+from .files import alive, atomic, remove_stale
 from .plan import BASE, RunSpec, nfe_per_round
 from .tracking import flatten, git_commit
 
@@ -59,7 +63,23 @@ def evaluate(policy, p: Preset, tier: Tier, extra_steps: list[int], tmp: Path) -
     return metrics
 
 
-def execute_one(spec: RunSpec, p: Preset, tier: Tier, extra_steps: list[int], tags: dict) -> dict:
+def run_key(spec: RunSpec, p: Preset, extra_steps: list[int], commit: str) -> str:
+    """Identity of one run of a plan: the same command on the same code gives the same key (for resuming)."""
+    blob = repr((dataclasses.asdict(spec), dataclasses.asdict(p.shared), sorted(p.knobs.items(), key=str),
+                 dataclasses.asdict(p.eval), extra_steps, commit))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic(path) as tmp:
+        torch.save(state, tmp)
+
+
+def execute_one(spec: RunSpec, p: Preset, tier: Tier, extra_steps: list[int], tags: dict, ckpt: Path,
+                resume_run_id: str | None = None) -> dict:
+    """Train and evaluate one run; after every round its state is checkpointed to ``ckpt`` (atomically), and with
+    ``resume_run_id`` the run continues that MLflow run from its last checkpoint."""
     shared = dataclasses.replace(p.shared, seed=spec.seed, rounds=spec.rounds)
     policy = tier.make_policy()
     method = None if spec.method == BASE else spec.build(p)
@@ -69,49 +89,98 @@ def execute_one(spec: RunSpec, p: Preset, tier: Tier, extra_steps: list[int], ta
         params["cost"] = dataclasses.asdict(method.cost(shared)) | {"nfe_per_round": nfe_per_round(method, shared)}
     run_tags = tags | {"method": spec.method, "variant": spec.variant, "seed": str(spec.seed),
                        "shared_digest": shared.digest() if method else "", "kind": "child"}
-    with mlflow.start_run(run_name=f"{spec.method}:{spec.variant}:seed{spec.seed}", nested=True, tags=run_tags) as run, \
-            tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_params(flatten(params))
-        t0, cum_nfe = time.perf_counter(), 0
+    start = {"run_id": resume_run_id} if resume_run_id else {"run_name": f"{spec.method}:{spec.variant}:seed{spec.seed}",
+                                                             "tags": run_tags}
+    with mlflow.start_run(nested=True, **start) as run, tempfile.TemporaryDirectory() as tmp:
+        if not resume_run_id:
+            mlflow.log_params(flatten(params))
+        state = torch.load(ckpt, weights_only=True) if resume_run_id and ckpt.exists() else None
+        t0, cum_nfe, done_train_s = time.perf_counter(), 0, 0.0
         if method is not None:
-            trainer = Trainer(policy, tier.text, method, tier.rewards, shared, tier.train_prompts)
-            bar = tqdm(range(spec.rounds), desc=f"{spec.method}:{spec.variant}:seed{spec.seed}", leave=False)
+            trainer = Trainer(policy, tier.text, method, tier.rewards, shared, tier.train_prompts)  # reference = base
+            if state is not None:
+                policy.load_state_dict(state["policy"])
+                trainer.opt.load_state_dict(state["opt"])
+                trainer.round_idx, cum_nfe, done_train_s = state["round"], state["cum_nfe"], state["train_s"]
+            bar = tqdm(range(trainer.round_idx, spec.rounds), desc=f"{spec.method}:{spec.variant}:seed{spec.seed}",
+                       initial=trainer.round_idx, total=spec.rounds, leave=False)
             for r in bar:
                 m = trainer.step()
                 cum_nfe += m["nfe_rollout"] + m["nfe_train"] + m["nfe_reference"]
                 metrics = {f"train/{k}": float(v) for k, v in m.items() if k != "round"}
-                mlflow.log_metrics(metrics | {"train/cum_nfe": cum_nfe, "train/wall_s": time.perf_counter() - t0}, step=r)
+                train_s = done_train_s + time.perf_counter() - t0
+                mlflow.log_metrics(metrics | {"train/cum_nfe": cum_nfe, "train/wall_s": train_s}, step=r)
+                save_checkpoint(ckpt, {"round": r + 1, "policy": policy.state_dict(), "opt": trainer.opt.state_dict(),
+                                       "cum_nfe": cum_nfe, "train_s": train_s})
                 first = next(iter(shared.rewards))
                 bar.set_postfix({first: f"{m[f'reward/{first}']:.4f}"})
         t_train = time.perf_counter() - t0
         policy.eval()
         res = evaluate(policy, p, tier, extra_steps, Path(tmp))
-        res |= {"time/train_s": t_train, "time/eval_s": time.perf_counter() - t0 - t_train, "cost/total_nfe": cum_nfe}
+        res |= {"time/train_s": done_train_s + t_train, "time/eval_s": time.perf_counter() - t0 - t_train,
+                "cost/total_nfe": cum_nfe}
         mlflow.log_metrics(res)
-        return {"run_id": run.info.run_id, **res}
+    ckpt.unlink(missing_ok=True)  # the run is complete in MLflow
+    return {"run_id": run.info.run_id, **res}
+
+
+def unfinished_invocation(client, exp_id: str, digest: str):
+    """The latest parent run of the same plan that did not finish (killed or failed), or None. A run still
+    marked RUNNING by a live process on this host is another invocation at work, not an interrupted one."""
+    runs = client.search_runs([exp_id], f"tags.kind = 'parent' and tags.plan_digest = '{digest}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs or runs[0].info.status == "FINISHED":
+        return None
+    t = runs[0].data.tags
+    if runs[0].info.status == "RUNNING" and t.get("host") == socket.gethostname() and alive(int(t.get("pid", 0))):
+        return None
+    return runs[0]
 
 
 def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: list[int], tier: Tier, client, exp_id,
-                command: str, threads: int) -> str:
+                command: str, threads: int, out: Path) -> str:
+    """Runs the plan under one parent run. If the same plan on the same code was interrupted, its parent run is
+    continued: finished runs are kept as they are and an interrupted one resumes from its last completed round."""
     in_domain = list(p.shared.rewards)
-    tags = {"preset": preset_name, "git_commit": git_commit(), "tier": tier.name,
+    commit = git_commit()
+    keys = [run_key(spec, p, extra_steps, commit) for spec in runs]
+    digest = hashlib.sha256(repr((preset_name, keys, str(out.resolve()))).encode()).hexdigest()[:16]
+    tags = {"preset": preset_name, "git_commit": commit, "tier": tier.name,
             "rewards": "; ".join(f"{n}: {r.describe()}" for n, r in tier.rewards.items())}
     parent_tags = tags | {"kind": "parent", "command": command, "threads": str(threads), "in_domain": ",".join(in_domain),
                           "out_of_domain": ",".join(n for n in tier.rewards if n not in in_domain),
-                          "eval_steps": ",".join(map(str, [eval_steps(p)] + extra_steps))}
+                          "eval_steps": ",".join(map(str, [eval_steps(p)] + extra_steps)), "plan_digest": digest,
+                          "host": socket.gethostname(), "pid": str(os.getpid())}
     mlflow.set_experiment(experiment_id=exp_id)
+    for folder in (out, out / "checkpoints"):
+        remove_stale(folder)
+    prior = unfinished_invocation(client, exp_id, digest)
+    children = {}
+    if prior is not None:
+        found = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{prior.info.run_id}'",
+                                   order_by=["attributes.start_time ASC"], max_results=50000)
+        children = {c.data.tags.get("run_key"): c for c in found}
+        tqdm.write(f"resuming the interrupted invocation {prior.info.run_id}: "
+                   f"{sum(c.info.status == 'FINISHED' for c in children.values())} of {len(runs)} runs already finished")
     t0 = time.perf_counter()
-    with mlflow.start_run(run_name=f"benchmark {preset_name}", tags=parent_tags) as parent:
-        for i, spec in enumerate(tqdm(runs, desc="runs", leave=False)):
+    start = {"run_id": prior.info.run_id} if prior else {"run_name": f"benchmark {preset_name}", "tags": parent_tags}
+    with mlflow.start_run(**start) as parent:
+        mlflow.set_tags({"host": socket.gethostname(), "pid": str(os.getpid())})
+        for i, (spec, key) in enumerate(zip(tqdm(runs, desc="runs", leave=False), keys)):
+            old = children.get(key)
+            if old is not None and old.info.status == "FINISHED":
+                continue
             try:
-                res = execute_one(spec, p, tier, extra_steps, tags)
+                res = execute_one(spec, p, tier, extra_steps, tags | {"run_key": key}, out / "checkpoints" / f"{key}.pt",
+                                  old.info.run_id if old is not None else None)
             except (FloatingPointError, ValueError, RuntimeError) as e:
                 raise RunFailed(f"{spec.method}:{spec.variant} seed {spec.seed} failed: {e}. The {i} runs finished before "
                                 f"it stay in the store (parent run {parent.info.run_id}); tables were not rewritten") from e
             shown = ", ".join(f"{k[5:]} {v:.4f}" for k, v in res.items() if k.startswith("eval/") and k[5:] in in_domain)
             tqdm.write(f"{spec.method}:{spec.variant} seed {spec.seed}: {spec.rounds} rounds, {res['cost/total_nfe']} NFE, "
                        f"train {res['time/train_s']:.1f} s, eval {res['time/eval_s']:.1f} s; {shown}")
-        mlflow.log_metrics({"wall_s": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb()})
+        before = prior.data.metrics.get("wall_s", 0.0) if prior else 0.0
+        mlflow.log_metrics({"wall_s": before + time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb()})
         return parent.info.run_id
 
 

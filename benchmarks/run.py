@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     command = "python -m benchmarks.run " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     t0 = time.perf_counter()
     try:
-        parent = execute_all(p, a.preset, runs, extra_steps, load_tier(p.shared.model), client, exp_id, command, a.threads)
+        parent = execute_all(p, a.preset, runs, extra_steps, load_tier(p.shared.model), client, exp_id, command, a.threads, out)
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

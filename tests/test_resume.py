@@ -1,0 +1,98 @@
+"""kill -9 at any point, then the same command again: the benchmark resumes and ends with the numbers of an
+uninterrupted run; two invocations sharing one MLflow store both record all their runs."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--preset", "smoke", "--methods", "g2rpo,flowgrpo", "--seeds", "1", "--rounds", "6", "--threads", "1"]
+TIMING = ("time/", "wall", "train s")
+
+
+def command(out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.run", *ARGS, "--out", str(out), *extra]
+
+
+def numbers(out: Path) -> pd.DataFrame:
+    """Table 1 and the paired comparison without the columns that measure time."""
+    t = pd.read_csv(out / "table1_main.csv")
+    t = t[[c for c in t.columns if not any(k in c for k in TIMING)]]
+    return pd.concat([t, pd.read_csv(out / "paired_vs_base.csv")], axis=1)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    r = subprocess.run(command(out), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def kill_when(out: Path, ready, timeout: float = 300) -> subprocess.Popen:
+    proc = subprocess.Popen(command(out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not ready() and proc.poll() is None and time.time() - t0 < timeout:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before the kill point"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return proc
+
+
+@pytest.mark.parametrize("point", ["mid_training", "second_run"])
+def test_kill_9_then_rerun_resumes_with_identical_numbers(uninterrupted, tmp_path, point):
+    import mlflow
+    import torch
+
+    ckpts = tmp_path / "checkpoints"
+
+    def rounds_done() -> int:
+        done = 0
+        for f in ckpts.glob("*.pt"):
+            try:
+                done = max(done, torch.load(f, weights_only=True)["round"])
+            except Exception:  # being replaced right now
+                pass
+        return done
+
+    if point == "mid_training":  # inside the first trained run, after some rounds
+        kill_when(tmp_path, lambda: rounds_done() >= 3)
+    else:  # the first trained run finished (its checkpoint is gone), the second one has started
+        seen = []
+        kill_when(tmp_path, lambda: (seen.append(rounds_done()) or True) and max(seen) >= 6 and 1 <= rounds_done() < 6)
+    assert not any(tmp_path.glob("*.md")) and not list(tmp_path.glob(".*.tmp"))  # no table yet, no half-written file
+    r = subprocess.run(command(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming the interrupted invocation" in r.stdout, r.stdout
+    pd.testing.assert_frame_equal(numbers(tmp_path), numbers(uninterrupted))
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("g2rpo-bench/smoke")
+    parents = client.search_runs([exp.experiment_id], "tags.kind = 'parent'")
+    children = client.search_runs([exp.experiment_id], "tags.kind = 'child'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert not list(ckpts.glob("*"))  # checkpoints are removed once their run is complete in MLflow
+
+
+def test_two_invocations_share_one_store(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'shared.db'}"
+    procs = [subprocess.Popen(command(tmp_path / f"o{i}", "--tracking-uri", uri), cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("g2rpo-bench/smoke")
+    parents = client.search_runs([exp.experiment_id], "tags.kind = 'parent'")
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    for p in parents:
+        kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
+        assert len(kids) == 3 and all(k.info.status == "FINISHED" for k in kids)
