@@ -9,7 +9,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -21,6 +20,7 @@ from g2rpo.tiers import Tier
 
 from .files import alive, atomic, remove_stale
 from .plan import BASE, RunSpec, nfe_per_round
+from .recorder import Recorder
 from .tracking import flatten, git_commit
 
 
@@ -44,7 +44,7 @@ def save_row(images: torch.Tensor, path: Path) -> None:
     Image.fromarray(torch.cat(list(row), dim=1).numpy()).save(path)
 
 
-def evaluate(policy, p: Preset, tier: Tier, extra_steps: list[int], tmp: Path) -> dict[str, float]:
+def evaluate(policy, p: Preset, tier: Tier, extra_steps: list[int], tmp: Path, log_artifact) -> dict[str, float]:
     """Score the held-out prompts at the main and extra step counts; per-prompt CSVs and a sample row as artifacts."""
     prompts = tier.eval_prompts[: p.eval.num_prompts or None]
     metrics = {}
@@ -53,13 +53,13 @@ def evaluate(policy, p: Preset, tier: Tier, extra_steps: list[int], tmp: Path) -
         scores = score(images, prompts, tier.rewards)
         df = pd.DataFrame({"prompt_index": range(len(prompts)), "prompt": prompts} | {k: v.numpy() for k, v in scores.items()})
         df.to_csv(tmp / f"scores_{steps}steps.csv", index=False)
-        mlflow.log_artifact(str(tmp / f"scores_{steps}steps.csv"), "eval")
+        log_artifact(tmp / f"scores_{steps}steps.csv", "eval")
         main = steps == eval_steps(p)
         for k, v in scores.items():
             metrics[f"eval/{k}" if main else f"eval_{steps}steps/{k}"] = float(v.mean())
         if main:
             save_row(images[: p.eval.grid_prompts], tmp / "row.png")
-            mlflow.log_artifact(str(tmp / "row.png"), "samples")
+            log_artifact(tmp / "row.png", "samples")
     return metrics
 
 
@@ -76,8 +76,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def execute_one(spec: RunSpec, p: Preset, tier: Tier, extra_steps: list[int], tags: dict, ckpt: Path,
-                resume_run_id: str | None = None) -> dict:
+def execute_one(spec: RunSpec, p: Preset, tier: Tier, extra_steps: list[int], tags: dict, ckpt: Path, rec: Recorder,
+                parent: str, resume_run_id: str | None = None) -> dict:
     """Train and evaluate one run; after every round its state is checkpointed to ``ckpt`` (atomically), and with
     ``resume_run_id`` the run continues that MLflow run from its last checkpoint."""
     shared = dataclasses.replace(p.shared, seed=spec.seed, rounds=spec.rounds)
@@ -89,12 +89,24 @@ def execute_one(spec: RunSpec, p: Preset, tier: Tier, extra_steps: list[int], ta
         params["cost"] = dataclasses.asdict(method.cost(shared)) | {"nfe_per_round": nfe_per_round(method, shared)}
     run_tags = tags | {"method": spec.method, "variant": spec.variant, "seed": str(spec.seed),
                        "shared_digest": shared.digest() if method else "", "kind": "child"}
-    start = {"run_id": resume_run_id} if resume_run_id else {"run_name": f"{spec.method}:{spec.variant}:seed{spec.seed}",
-                                                             "tags": run_tags}
-    with mlflow.start_run(nested=True, **start) as run, tempfile.TemporaryDirectory() as tmp:
-        if not resume_run_id:
-            mlflow.log_params(flatten(params))
-        state = torch.load(ckpt, weights_only=True) if resume_run_id and ckpt.exists() else None
+    local = tags["run_key"]
+    rec.start(local, f"{spec.method}:{spec.variant}:seed{spec.seed}", run_tags, parent, resume_run_id)
+    if not resume_run_id:
+        rec.params(local, flatten(params))
+    try:
+        res = _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt, rec, local,
+                                  resume_run_id is not None)
+    except BaseException:
+        rec.end(local, "FAILED")
+        raise
+    rec.end(local)
+    ckpt.unlink(missing_ok=True)  # the run is complete in MLflow (or in the local spool)
+    return {"run_id": rec.run_id(local), **res}
+
+
+def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt, rec, local, resuming) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        state = torch.load(ckpt, weights_only=True) if resuming and ckpt.exists() else None
         t0, cum_nfe, done_train_s = time.perf_counter(), 0, 0.0
         if method is not None:
             trainer = Trainer(policy, tier.text, method, tier.rewards, shared, tier.train_prompts)  # reference = base
@@ -109,19 +121,18 @@ def execute_one(spec: RunSpec, p: Preset, tier: Tier, extra_steps: list[int], ta
                 cum_nfe += m["nfe_rollout"] + m["nfe_train"] + m["nfe_reference"]
                 metrics = {f"train/{k}": float(v) for k, v in m.items() if k != "round"}
                 train_s = done_train_s + time.perf_counter() - t0
-                mlflow.log_metrics(metrics | {"train/cum_nfe": cum_nfe, "train/wall_s": train_s}, step=r)
+                rec.metrics(local, metrics | {"train/cum_nfe": cum_nfe, "train/wall_s": train_s}, step=r)
                 save_checkpoint(ckpt, {"round": r + 1, "policy": policy.state_dict(), "opt": trainer.opt.state_dict(),
                                        "cum_nfe": cum_nfe, "train_s": train_s})
                 first = next(iter(shared.rewards))
                 bar.set_postfix({first: f"{m[f'reward/{first}']:.4f}"})
         t_train = time.perf_counter() - t0
         policy.eval()
-        res = evaluate(policy, p, tier, extra_steps, Path(tmp))
+        res = evaluate(policy, p, tier, extra_steps, Path(tmp), lambda path, folder: rec.artifact(local, path, folder))
         res |= {"time/train_s": done_train_s + t_train, "time/eval_s": time.perf_counter() - t0 - t_train,
                 "cost/total_nfe": cum_nfe}
-        mlflow.log_metrics(res)
-    ckpt.unlink(missing_ok=True)  # the run is complete in MLflow
-    return {"run_id": run.info.run_id, **res}
+        rec.metrics(local, res)
+    return res
 
 
 def unfinished_invocation(client, exp_id: str, digest: str):
@@ -137,7 +148,7 @@ def unfinished_invocation(client, exp_id: str, digest: str):
     return runs[0]
 
 
-def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: list[int], tier: Tier, client, exp_id,
+def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: list[int], tier: Tier, rec: Recorder,
                 command: str, threads: int, out: Path) -> str:
     """Runs the plan under one parent run. If the same plan on the same code was interrupted, its parent run is
     continued: finished runs are kept as they are and an interrupted one resumes from its last completed round."""
@@ -151,7 +162,7 @@ def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: l
                           "out_of_domain": ",".join(n for n in tier.rewards if n not in in_domain),
                           "eval_steps": ",".join(map(str, [eval_steps(p)] + extra_steps)), "plan_digest": digest,
                           "host": socket.gethostname(), "pid": str(os.getpid())}
-    mlflow.set_experiment(experiment_id=exp_id)
+    client, exp_id = rec.client, rec.exp_id
     for folder in (out, out / "checkpoints"):
         remove_stale(folder)
     prior = unfinished_invocation(client, exp_id, digest)
@@ -163,25 +174,29 @@ def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: l
         tqdm.write(f"resuming the interrupted invocation {prior.info.run_id}: "
                    f"{sum(c.info.status == 'FINISHED' for c in children.values())} of {len(runs)} runs already finished")
     t0 = time.perf_counter()
-    start = {"run_id": prior.info.run_id} if prior else {"run_name": f"benchmark {preset_name}", "tags": parent_tags}
-    with mlflow.start_run(**start) as parent:
-        mlflow.set_tags({"host": socket.gethostname(), "pid": str(os.getpid())})
+    rec.start("parent", f"benchmark {preset_name}", parent_tags, resume_id=prior.info.run_id if prior else None)
+    rec.tags("parent", {"host": socket.gethostname(), "pid": str(os.getpid())})
+    try:
         for i, (spec, key) in enumerate(zip(tqdm(runs, desc="runs", leave=False), keys)):
             old = children.get(key)
             if old is not None and old.info.status == "FINISHED":
                 continue
             try:
                 res = execute_one(spec, p, tier, extra_steps, tags | {"run_key": key}, out / "checkpoints" / f"{key}.pt",
-                                  old.info.run_id if old is not None else None)
+                                  rec, "parent", old.info.run_id if old is not None else None)
             except (FloatingPointError, ValueError, RuntimeError) as e:
                 raise RunFailed(f"{spec.method}:{spec.variant} seed {spec.seed} failed: {e}. The {i} runs finished before "
-                                f"it stay in the store (parent run {parent.info.run_id}); tables were not rewritten") from e
+                                f"it stay in the store (parent run {rec.run_id('parent')}); tables were not rewritten") from e
             shown = ", ".join(f"{k[5:]} {v:.4f}" for k, v in res.items() if k.startswith("eval/") and k[5:] in in_domain)
             tqdm.write(f"{spec.method}:{spec.variant} seed {spec.seed}: {spec.rounds} rounds, {res['cost/total_nfe']} NFE, "
                        f"train {res['time/train_s']:.1f} s, eval {res['time/eval_s']:.1f} s; {shown}")
         before = prior.data.metrics.get("wall_s", 0.0) if prior else 0.0
-        mlflow.log_metrics({"wall_s": before + time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb()})
-        return parent.info.run_id
+        rec.metrics("parent", {"wall_s": before + time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb()})
+    except BaseException:
+        rec.end("parent", "FAILED")
+        raise
+    rec.end("parent")
+    return rec.run_id("parent")
 
 
 def peak_rss_gb() -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -111,17 +112,27 @@ def main(argv=None) -> int:
     import torch
 
     from .execute import RunFailed, execute_all
+    from .recorder import Recorder
+    from .tracking import shown_uri
 
     torch.set_num_threads(a.threads)
     command = "python -m benchmarks.run " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     t0 = time.perf_counter()
+    experiment = f"g2rpo-bench/{a.preset}"
+    spool = out / "offline" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
+    rec = Recorder(client, exp_id, spool, experiment)
     try:
-        parent = execute_all(p, a.preset, runs, extra_steps, load_tier(p.shared.model), client, exp_id, command, a.threads, out)
+        parent = execute_all(p, a.preset, runs, extra_steps, load_tier(p.shared.model), rec, command, a.threads, out)
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if rec.failure:
+        print(f"warning: the MLflow store became unavailable during the run ({rec.failure}); training and evaluation "
+              f"finished and {rec.spooled} records were kept in {spool}. When the store is back: "
+              f"python -m benchmarks.sync {spool} --tracking-uri {shown_uri(uri)}, then python -m benchmarks.table "
+              f"--tracking-uri {shown_uri(uri)} --experiment {experiment} --out {out}", file=sys.stderr)
+        return 0
     from .table import build_tables
-    from .tracking import shown_uri
 
     files = build_tables(uri, exp_id, out, parent_run_id=parent)
     print(f"done in {time.perf_counter() - t0:.0f} s: {len(runs)} runs in {shown_uri(uri)} (parent run {parent}); "

@@ -96,3 +96,35 @@ def test_two_invocations_share_one_store(tmp_path):
     for p in parents:
         kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
         assert len(kids) == 3 and all(k.info.status == "FINISHED" for k in kids)
+
+
+def test_store_outage_mid_run_keeps_every_record_for_a_later_sync(uninterrupted, tmp_path, monkeypatch, capsys):
+    import torch
+    from mlflow import MlflowClient
+
+    from benchmarks import run as bench
+    from benchmarks import sync, table
+
+    real, calls, threads = MlflowClient.log_batch, [], torch.get_num_threads()
+
+    def flaky(self, *args, **kw):  # the store answers a few calls, then goes away
+        calls.append(1)
+        if len(calls) > 12:
+            raise ConnectionError("store unreachable")
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", flaky)
+    try:
+        rc = bench.main([*ARGS, "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert rc == 0 and "the MLflow store became unavailable during the run (store unreachable)" in err, err
+    assert "python -m benchmarks.sync" in err and not (tmp_path / "table1_main.md").exists()
+    spool = next((tmp_path / "offline").glob("*.jsonl"))
+    monkeypatch.setattr(MlflowClient, "log_batch", real)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert sync.main([str(spool), "--tracking-uri", uri]) == 0
+    assert table.main(["--tracking-uri", uri, "--experiment", "g2rpo-bench/smoke", "--out", str(tmp_path)]) == 0
+    pd.testing.assert_frame_equal(numbers(tmp_path), numbers(uninterrupted))
+    assert sync.main([str(spool), "--tracking-uri", uri]) == 2  # renamed once synced: no duplicate runs
