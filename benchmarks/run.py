@@ -105,7 +105,8 @@ def main(argv=None) -> int:
             raise PlanError(f"preset {a.preset!r} needs model tier {p.shared.model!r}, which cannot be loaded here")
         uri = a.tracking_uri or default_uri(out)
         client, exp_id = open_store(uri, f"g2rpo-bench/{a.preset}", out / "mlartifacts")
-    except (PlanError, RuntimeError) as e:
+        tier = load_tier(p.shared.model)  # a missing or corrupt model file fails here, before any training
+    except (PlanError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
     spool = out / "offline" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
     rec = Recorder(client, exp_id, spool, experiment)
     try:
-        parent = execute_all(p, a.preset, runs, extra_steps, load_tier(p.shared.model), rec, command, a.threads, out)
+        parent = execute_all(p, a.preset, runs, extra_steps, tier, rec, command, a.threads, out)
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -106,3 +106,20 @@ def test_policy_loads_and_gives_finite_velocities():
     assert v.shape == x.shape and torch.isfinite(v).all() and v.abs().mean() > 0.1
     img = policy.decode(euler_sample(policy, cond, x, shifted_sigmas(4, 3.0)))
     assert img.shape == (2, 3, 32, 32) and torch.isfinite(img).all()
+
+
+def test_bad_generator_files_give_one_clear_line(tmp_path):
+    from safetensors.torch import save_file
+
+    from g2rpo.pocket.model import CONFIG, WEIGHTS, CheckpointError, load_generator
+
+    cases = {"missing": tmp_path / "none.safetensors", "truncated": tmp_path / "cut.safetensors",
+             "wrong architecture": tmp_path / "other.safetensors"}
+    cases["truncated"].write_bytes(WEIGHTS.read_bytes()[:5000])
+    save_file({"x_embedder.weight": torch.zeros(3, 3)}, str(cases["wrong architecture"]))
+    for kind, path in cases.items():
+        with pytest.raises(CheckpointError) as e:
+            load_generator(path, CONFIG)
+        msg = str(e.value)
+        assert str(path) in msg and "\n" not in msg and "reinstall" in msg, (kind, msg)
+    assert "does not match" in str(pytest.raises(CheckpointError, load_generator, cases["wrong architecture"], CONFIG).value)

@@ -63,9 +63,9 @@ def test_kill_9_then_rerun_resumes_with_identical_numbers(uninterrupted, tmp_pat
 
     if point == "mid_training":  # inside the first trained run, after some rounds
         kill_when(tmp_path, lambda: rounds_done() >= 3)
-    else:  # the first trained run finished (its checkpoint is gone), the second one has started
-        seen = []
-        kill_when(tmp_path, lambda: (seen.append(rounds_done()) or True) and max(seen) >= 6 and 1 <= rounds_done() < 6)
+    else:  # the first trained run finished, the second one has checkpointed a round
+        seen = set()
+        kill_when(tmp_path, lambda: seen.update(f.stem for f in ckpts.glob("*.pt")) or len(seen) >= 2)
     assert not any(tmp_path.glob("*.md")) and not list(tmp_path.glob(".*.tmp"))  # no table yet, no half-written file
     r = subprocess.run(command(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

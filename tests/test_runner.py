@@ -173,3 +173,17 @@ def test_nan_reward_fails_cleanly_and_keeps_finished_runs(tmp_path, monkeypatch,
     exp = client.get_experiment_by_name("g2rpo-bench/smoke")
     status = {r.data.tags["method"]: r.info.status for r in client.search_runs([exp.experiment_id], "tags.kind = 'child'")}
     assert status == {"base": "FINISHED", "g2rpo": "FAILED"}
+
+
+def test_corrupt_model_file_fails_before_training(tmp_path, monkeypatch, capsys):
+    from benchmarks import run as bench
+    from g2rpo import tiers
+    from g2rpo.pocket.model import CheckpointError
+
+    def broken():
+        raise CheckpointError("pocket generator files x.safetensors are unreadable (SafetensorError: ...); reinstall")
+
+    monkeypatch.setitem(tiers.LOADERS, "tiny", broken)
+    assert bench.main(["--preset", "smoke", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: pocket generator files") and err.count("\n") == 1, err
