@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from eval.generate import generate, score
+from g2rpo.checkpoint import save_policy
 from g2rpo.loop import Trainer
 from g2rpo.presets import Preset
 from g2rpo.tiers import Tier
@@ -128,6 +129,12 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
                 bar.set_postfix({first: f"{m[f'reward/{first}']:.4f}"})
         t_train = time.perf_counter() - t0
         policy.eval()
+        if method is not None:  # the trained model, for python -m eval.evaluate --checkpoint
+            model = ckpt.parent.parent / "models" / f"{spec.method}-{spec.variant}-seed{spec.seed}.safetensors"
+            save_policy(policy, model, {"tier": tier.name, "in_domain": shared.rewards, "method": spec.method,
+                                        "variant": spec.variant, "seed": spec.seed, "rounds": spec.rounds,
+                                        "run_key": local})
+            rec.tags(local, {"checkpoint": str(model)})
         res = evaluate(policy, p, tier, extra_steps, Path(tmp), lambda path, folder: rec.artifact(local, path, folder))
         res |= {"time/train_s": done_train_s + t_train, "time/eval_s": time.perf_counter() - t0 - t_train,
                 "cost/total_nfe": cum_nfe}

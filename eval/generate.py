@@ -16,16 +16,21 @@ from g2rpo.sampling import ode_sample
 from .image_stats import image_stats
 
 
-def eval_noise(n: int, latent_shape, seed: int = 0) -> torch.Tensor:
-    """(n, C, H, W): the initial noise of prompts 0..n-1 of an evaluation set."""
-    return torch.stack([torch.randn(tuple(latent_shape), generator=generator(seed, "eval", i)) for i in range(n)])
+def image_generator(seed: int, prompt_index: int, image_index: int = 0) -> torch.Generator:
+    """The noise stream of image ``image_index`` of prompt ``prompt_index`` (image 0: the benchmark's evaluation)."""
+    return generator(seed, "eval", prompt_index) if image_index == 0 else generator(seed, "eval", prompt_index, image_index)
+
+
+def eval_noise(n: int, latent_shape, seed: int = 0, image_index: int = 0) -> torch.Tensor:
+    """(n, C, H, W): the initial noise of image ``image_index`` of prompts 0..n-1 of an evaluation set."""
+    return torch.stack([torch.randn(tuple(latent_shape), generator=image_generator(seed, i, image_index)) for i in range(n)])
 
 
 @torch.no_grad()
 def generate(policy: FlowPolicy, text: TextEncoder, prompts: list[str], sigmas: torch.Tensor, seed: int = 0,
-             batch: int = 64) -> torch.Tensor:
+             batch: int = 64, image_index: int = 0) -> torch.Tensor:
     """Images (B, 3, H, W) in [0, 1] from the deterministic ODE sampler over ``sigmas``."""
-    noise = eval_noise(len(prompts), policy.latent_shape, seed)
+    noise = eval_noise(len(prompts), policy.latent_shape, seed, image_index)
     out = []
     for i in range(0, len(prompts), batch):
         cond = text(prompts[i : i + batch])

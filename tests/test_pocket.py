@@ -122,4 +122,4 @@ def test_bad_generator_files_give_one_clear_line(tmp_path):
             load_generator(path, CONFIG)
         msg = str(e.value)
         assert str(path) in msg and "\n" not in msg and "reinstall" in msg, (kind, msg)
-    assert "does not match" in str(pytest.raises(CheckpointError, load_generator, cases["wrong architecture"], CONFIG).value)
+    assert "does not match the model" in str(pytest.raises(CheckpointError, load_generator, cases["wrong architecture"], CONFIG).value)

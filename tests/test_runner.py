@@ -106,6 +106,8 @@ def test_smoke_run_writes_tables_and_mlflow_runs(smoke):
     for f in ["curves.png", "samples.png", "README.md", "mlflow.db"]:
         assert (out / f).exists(), f
     assert "python -m benchmarks.run --preset smoke" in (out / "README.md").read_text()
+    models = sorted((out / "models").glob("*.safetensors"))  # every trained model, for python -m eval.evaluate
+    assert len(models) == 5 * 2 + 2 and all(m.with_suffix(".json").is_file() for m in models)
     table = pd.read_csv(out / "table1_main.csv")
     assert list(table.Method) == ["Base model", "DanceGRPO", "MixGRPO", "Flow-GRPO", "G²RPO w/o MGAI", "G²RPO"]
     assert (table["eval/brightness|count"].iloc[1:] == 2).all()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import CheckpointError, load_strict, read_state
 from ..models.flux import FluxPolicy
 from ..policy import Cond, FlowPolicy
 from .data import ASSETS
@@ -63,34 +64,14 @@ def load_generator(weights: Path = WEIGHTS, config: Path = CONFIG) -> FluxPolicy
 
     Raises CheckpointError (one line: the file, what is wrong, where it comes from) for a missing, truncated or
     corrupt file and for weights of another architecture."""
-    from safetensors.torch import load_file
-
     origin = "it ships with this package (reinstall, or rerun python -m g2rpo.pocket.pretrain)"
-    for path in (Path(config), Path(weights)):
-        if not path.is_file():
-            raise CheckpointError(f"pocket generator file {path} is missing; {origin}")
     try:
         cfg = GeneratorConfig(**json.loads(Path(config).read_text())["architecture"])
-        state = load_file(str(weights))
-    except Exception as e:  # truncated or not safetensors / not the config format
-        raise CheckpointError(f"pocket generator files {weights} / {config} are unreadable ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); {origin}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{config} is missing or unreadable ({type(e).__name__}); {origin}") from None
     transformer = cfg.build()
-    expected = {k: tuple(v.shape) for k, v in transformer.state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shape = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
-    if missing or unexpected or shape:
-        first = (missing or unexpected or shape)[0]
-        raise CheckpointError(f"{weights} does not match the pocket generator architecture in {config}: {len(missing)} "
-                              f"missing, {len(unexpected)} unexpected, {len(shape)} wrong-shape tensors (first: {first}); "
-                              f"{origin}")
-    transformer.load_state_dict(state, strict=True)
+    load_strict(transformer, read_state(weights, origin), weights, origin)
     return cfg.policy(transformer.eval().requires_grad_(False))
-
-
-class CheckpointError(ValueError):
-    """A model file that cannot be used: missing, truncated, corrupt or of another architecture."""
 
 
 def load_pocket(max_tokens: int = 16):

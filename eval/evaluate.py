@@ -1,0 +1,186 @@
+"""Score a checkpoint: ``python -m eval.evaluate --checkpoint PATH|base --prompts SET|FILE --rewards r1,r2,...``.
+
+Generates with the deterministic ODE sampler and fixed per-prompt noise (image 0 of every prompt is the noise the
+benchmark runner evaluates with), saves PNGs and ``metadata.jsonl``, scores the saved images with the chosen
+rewards plus the image statistics, and writes ``scores.csv`` (per image) and ``summary.csv`` (mean, std, n per
+reward, split into in-domain = trained on, out-of-domain, and guard statistics). ``--rescore DIR`` scores the
+images of an earlier evaluation again without generating. Everything is logged to MLflow.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+PROMPT_SETS = ("heldout", "train")
+
+
+class EvalError(ValueError):
+    """Bad input to the evaluation; reported as one line with exit code 2."""
+
+
+def read_prompts(spec: str, tier) -> list[str]:
+    if spec in PROMPT_SETS:
+        return tier.eval_prompts if spec == "heldout" else tier.train_prompts
+    try:
+        prompts = [ln.strip() for ln in Path(spec).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise EvalError(f"--prompts {spec!r} is neither {' nor '.join(PROMPT_SETS)} nor a readable UTF-8 text file "
+                        f"({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
+    if not prompts:
+        raise EvalError(f"--prompts {spec!r} holds no prompts (one per line)")
+    return prompts
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_model(checkpoint: str, tier_name: str):
+    """(tier, policy, in-domain rewards, checkpoint identity) for 'base' or a checkpoint written by the runner."""
+    from g2rpo.checkpoint import load_strict, read_meta, read_state
+    from g2rpo.tiers import load_tier
+
+    if checkpoint == "base":
+        tier = load_tier(tier_name)
+        return tier, tier.make_policy().eval(), {}, "base"
+    path = Path(checkpoint)
+    meta = read_meta(path)
+    origin = "checkpoints are written by python -m benchmarks.run into <out>/models/"
+    state = read_state(path, origin)
+    tier = load_tier(meta["tier"])
+    policy = tier.make_policy()
+    load_strict(policy, state, path, origin)
+    return tier, policy.eval(), dict(meta.get("in_domain", {})), f"{path} sha256:{sha256(path)[:16]}"
+
+
+def save_png(image, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
+
+
+def load_png(path: Path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+
+
+def generate_set(policy, tier, prompts: list[str], steps: int, shift: float, k: int, seed: int, out: Path,
+                 checkpoint: str) -> None:
+    import dataclasses
+
+    from g2rpo.config import SharedConfig
+
+    from .generate import generate
+
+    sigmas = dataclasses.replace(SharedConfig(), num_steps=steps, shift=shift).sigmas()
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for j in range(k):
+        images = generate(policy, tier.text, prompts, sigmas, seed=seed, image_index=j)
+        for i, (p, img) in enumerate(zip(prompts, images)):
+            name = f"images/{i:05d}_{j}.png"
+            save_png(img, out / name)
+            records.append({"prompt_index": i, "prompt": p, "image_index": j, "image": name, "seed": seed,
+                            "steps": steps, "shift": shift, "checkpoint": checkpoint, "tier": tier.name})
+    (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def score_set(out: Path, rewards: dict, in_domain: dict):
+    """Score the saved images (so a rescore gives the same numbers); returns (per-image, summary) frames."""
+    import pandas as pd
+    import torch
+
+    from .generate import score
+
+    try:
+        meta = [json.loads(ln) for ln in (out / "metadata.jsonl").read_text().splitlines() if ln.strip()]
+        images = torch.stack([load_png(out / m["image"]) for m in meta])
+    except (OSError, ValueError, KeyError) as e:
+        raise EvalError(f"{out} does not hold a readable evaluation (metadata.jsonl and images/): {e}") from None
+    scores = score(images, [m["prompt"] for m in meta], rewards)
+    per = pd.DataFrame(meta)
+    for k, v in scores.items():
+        per[k] = v.numpy()
+    rows = []
+    for k, v in scores.items():
+        domain = "guard" if k.startswith("stat/") else ("in" if k in in_domain else "out")
+        rows.append({"reward": k, "domain": domain, "mean": float(v.mean()), "std": float(v.std()) if len(v) > 1 else 0.0,
+                     "n": len(v), "checkpoint": rewards[k].checkpoint if k in rewards else ""})
+    return per, pd.DataFrame(rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval.evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default="base", help="'base' (the tier's untrained model) or NAME.safetensors")
+    ap.add_argument("--tier", default="pocket", help="model tier of 'base' (a checkpoint names its own)")
+    ap.add_argument("--prompts", default="heldout", help=f"{' or '.join(PROMPT_SETS)}, or a text file, one prompt per line")
+    ap.add_argument("--rewards", default="all", help="comma-separated reward names of the tier, or 'all'")
+    ap.add_argument("--steps", type=int, default=10, help="ODE steps")
+    ap.add_argument("--shift", type=float, default=3.0, help="schedule shift")
+    ap.add_argument("--images-per-prompt", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the per-prompt noise")
+    ap.add_argument("--out", type=Path, default=Path("results/eval"))
+    ap.add_argument("--rescore", action="store_true", help="score the images already in --out again, no generation")
+    ap.add_argument("--tracking-uri", help="MLflow store (default: sqlite inside --out)")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    try:
+        if a.steps < 1 or a.images_per_prompt < 1 or a.threads < 1:
+            raise EvalError("--steps, --images-per-prompt and --threads must be >= 1")
+        import torch
+
+        from benchmarks.tracking import default_uri, open_store, shown_uri
+
+        torch.set_num_threads(a.threads)
+        if a.rescore:
+            first = json.loads((a.out / "metadata.jsonl").read_text().splitlines()[0]) if (a.out / "metadata.jsonl").is_file() \
+                else None
+            if first is None:
+                raise EvalError(f"--rescore: {a.out}/metadata.jsonl does not exist")
+            a.checkpoint, a.tier = first["checkpoint"].split(" sha256:")[0], first["tier"]
+        tier, policy, in_domain, identity = load_model(a.checkpoint, a.tier)
+        names = list(tier.rewards) if a.rewards == "all" else [r.strip() for r in a.rewards.split(",") if r.strip()]
+        unknown = [r for r in names if r not in tier.rewards]
+        if unknown or not names:
+            raise EvalError(f"--rewards: unknown {unknown or 'empty list'}; tier {tier.name!r} has {', '.join(tier.rewards)}")
+        prompts = read_prompts(a.prompts, tier) if not a.rescore else None
+        a.out.mkdir(parents=True, exist_ok=True)
+        uri = a.tracking_uri or default_uri(a.out)
+        client, exp_id = open_store(uri, "g2rpo-eval", a.out / "mlartifacts")
+    except (EvalError, ValueError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import mlflow
+
+    from benchmarks.files import atomic
+
+    t0 = time.perf_counter()
+    if not a.rescore:
+        generate_set(policy, tier, prompts, a.steps, a.shift, a.images_per_prompt, a.seed, a.out, identity)
+    per, summary = score_set(a.out, {n: tier.rewards[n] for n in names}, in_domain)
+    for df, name in ((per, "scores.csv"), (summary, "summary.csv")):
+        with atomic(a.out / name) as tmp:
+            df.to_csv(tmp, index=False, float_format="%.6g")
+    mlflow.set_experiment(experiment_id=exp_id)
+    with mlflow.start_run(run_name=f"eval {Path(a.checkpoint).stem}", tags={"checkpoint": identity, "tier": tier.name,
+                                                                            "rescore": str(a.rescore)}):
+        mlflow.log_params({"prompts": a.prompts, "steps": a.steps, "shift": a.shift, "seed": a.seed,
+                           "images_per_prompt": a.images_per_prompt, "rewards": ",".join(names)})
+        mlflow.log_metrics({f"{r.domain}/{r.reward}": r.mean for r in summary.itertuples()})
+        mlflow.log_artifact(str(a.out / "scores.csv"))
+        mlflow.log_artifact(str(a.out / "summary.csv"))
+    print(summary.to_string(index=False))
+    print(f"{len(per)} images of {per.prompt_index.nunique()} prompts scored in {time.perf_counter() - t0:.1f} s; "
+          f"files in {a.out}/, run logged to {shown_uri(uri)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Model weights on disk: safetensors only (no pickles), loaded strictly, with one-line errors.
+
+A trained policy is saved as ``NAME.safetensors`` (its state dict) beside ``NAME.json`` (tier, in-domain rewards,
+method, seed, rounds), so an evaluation knows what the checkpoint was trained on.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used: missing, truncated, corrupt or of another architecture."""
+
+
+def read_state(path: Path, origin: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; CheckpointError naming the file and ``origin`` (where it comes from)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; {origin}")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # truncated, or not a safetensors file
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {first}); {origin}") from None
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, origin: str) -> None:
+    """``module.load_state_dict(state, strict=True)`` with a one-line summary of any mismatch."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shape = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or shape:
+        raise CheckpointError(f"{path} does not match the model's architecture: {len(missing)} missing, {len(unexpected)} "
+                              f"unexpected, {len(shape)} wrong-shape tensors (first: {(missing or unexpected or shape)[0]}); "
+                              f"{origin}")
+    module.load_state_dict(state, strict=True)
+
+
+def save_policy(policy: torch.nn.Module, path: Path, meta: dict) -> Path:
+    """Weights (safetensors) and their metadata (JSON beside them), each written atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.detach().contiguous() for k, v in policy.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    side = path.with_suffix(".json")
+    tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    os.replace(tmp, side)
+    return path
+
+
+def read_meta(path: Path) -> dict:
+    side = Path(path).with_suffix(".json")
+    try:
+        return json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{side} (the metadata beside {Path(path).name}) is missing or unreadable: "
+                              f"{type(e).__name__}; checkpoints are written by python -m benchmarks.run") from None

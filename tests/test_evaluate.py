@@ -1,0 +1,60 @@
+"""python -m eval.evaluate: generation with fixed noise, metadata, rescoring, in/out-of-domain split, bad input."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from eval.evaluate import main
+from g2rpo.checkpoint import save_policy
+from g2rpo.models.flux import tiny_flux_policy
+
+
+def run(tmp_path, *args):
+    return main(["--tier", "tiny", "--steps", "3", "--threads", "1", "--out", str(tmp_path / "ev"), *args])
+
+
+def test_base_generates_scores_and_rescoring_gives_the_same_numbers(tmp_path):
+    assert run(tmp_path, "--images-per-prompt", "2") == 0
+    ev = tmp_path / "ev"
+    meta = [json.loads(x) for x in (ev / "metadata.jsonl").read_text().splitlines()]
+    assert len(meta) == 8 and {m["image_index"] for m in meta} == {0, 1} and all((ev / m["image"]).is_file() for m in meta)
+    summary = pd.read_csv(ev / "summary.csv")
+    assert set(summary.domain) == {"out", "guard"}  # the base model was trained on nothing
+    first = pd.read_csv(ev / "scores.csv")
+    assert first.loc[first.image_index == 0, "brightness"].ne(first.loc[first.image_index == 1, "brightness"].values).any()
+    assert main(["--rescore", "--threads", "1", "--out", str(ev)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(ev / "scores.csv"), first)
+
+
+def test_checkpoint_from_the_runner_splits_in_and_out_of_domain(tmp_path):
+    policy = tiny_flux_policy(0)
+    with torch.no_grad():
+        next(policy.parameters()).add_(0.05)  # a "trained" model differs from the base
+    ck = save_policy(policy, tmp_path / "models" / "g2rpo-default-seed0.safetensors",
+                     {"tier": "tiny", "in_domain": {"brightness": 1.0}, "method": "g2rpo"})
+    assert run(tmp_path, "--checkpoint", str(ck), "--rewards", "brightness,contrast") == 0
+    s = pd.read_csv(tmp_path / "ev" / "summary.csv").set_index("reward")
+    assert s.loc["brightness", "domain"] == "in" and s.loc["contrast", "domain"] == "out" and "redness" not in s.index
+    base = tmp_path / "base"
+    assert main(["--tier", "tiny", "--steps", "3", "--threads", "1", "--out", str(base), "--rewards", "brightness"]) == 0
+    assert pd.read_csv(base / "scores.csv").brightness.ne(pd.read_csv(tmp_path / "ev" / "scores.csv").brightness).any()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--prompts", "/no/such/file.txt"], "neither heldout nor train nor a readable"),
+    (["--rewards", "hps"], "--rewards: unknown ['hps']"),
+    (["--checkpoint", "/no/such.safetensors"], "is missing or unreadable"),
+    (["--steps", "0"], "must be >= 1"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, msg):
+    assert run(tmp_path, *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
+    ck = save_policy(tiny_flux_policy(0), tmp_path / "m.safetensors", {"tier": "tiny", "in_domain": {}})
+    ck.write_bytes(ck.read_bytes()[:100])
+    assert run(tmp_path, "--checkpoint", str(ck)) == 2
+    assert "is unreadable" in capsys.readouterr().err
