@@ -15,11 +15,11 @@ from tqdm import tqdm
 
 from eval.generate import generate, score
 from g2rpo.checkpoint import save_policy
+from g2rpo.files import alive, atomic, remove_stale
 from g2rpo.loop import Trainer
 from g2rpo.presets import Preset
 from g2rpo.tiers import Tier
 
-from .files import alive, atomic, remove_stale
 from .plan import BASE, RunSpec, nfe_per_round
 from .recorder import Recorder
 from .tracking import flatten, git_commit

@@ -27,13 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from g2rpo.files import write_text
 from g2rpo.loop import Trainer, generator, initial_noise, round_prompts
 from g2rpo.models.flux import flux_forward_flops
 from g2rpo.presets import PRESETS, preset as get_preset
 from g2rpo.registry import METHODS, make_method
 from g2rpo.tiers import load_tier
-
-from .files import write_text
 
 GRIDS = {  # (G, Lambda sets, M sets) of the cost-model fit
     "full": ((4, 8, 12), ((1,), (1, 2), (1, 2, 3)), ((0, 1), (0, 1, 2, 3), tuple(range(8)))),

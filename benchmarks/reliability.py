@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .files import write_text
+from g2rpo.files import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import atomic, write_text
+from g2rpo.files import atomic, write_text
 
 
 def cell(mean: float, std: float, n: int, digits: int = 4) -> str:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from g2rpo.files import atomic, write_text
+
 from .plan import BASE
-from .files import atomic, write_text
 from .render import bootstrap_ci, formatted, summarise, write_table
 from .tracking import shown_uri
 

@@ -9,7 +9,6 @@ images of an earlier evaluation again without generating. Everything is logged t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -35,13 +34,10 @@ def read_prompts(spec: str, tier) -> list[str]:
     return prompts
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def load_model(checkpoint: str, tier_name: str):
     """(tier, policy, in-domain rewards, checkpoint identity) for 'base' or a checkpoint written by the runner."""
     from g2rpo.checkpoint import load_strict, read_meta, read_state
+    from g2rpo.files import sha256
     from g2rpo.tiers import load_tier
 
     if checkpoint == "base":
@@ -159,7 +155,7 @@ def main(argv=None) -> int:
         return 2
     import mlflow
 
-    from benchmarks.files import atomic
+    from g2rpo.files import atomic
 
     t0 = time.perf_counter()
     if not a.rescore:

@@ -6,10 +6,11 @@ method, seed, rounds), so an evaluation knows what the checkpoint was trained on
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from .files import atomic, write_text
 
 
 class CheckpointError(ValueError):
@@ -49,13 +50,9 @@ def save_policy(policy: torch.nn.Module, path: Path, meta: dict) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().contiguous() for k, v in policy.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-    side = path.with_suffix(".json")
-    tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    os.replace(tmp, side)
+    with atomic(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in policy.state_dict().items()}, str(tmp))
+    write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str) + "\n")
     return path
 
 

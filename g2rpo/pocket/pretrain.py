@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import atomic, write_text
 from .data import data_hash, dataset
 from .model import CONFIG, WEIGHTS, GeneratorConfig, arch_dict
 
@@ -69,10 +70,9 @@ def save(model, path: Path, meta: dict, config_path: Path) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-    config_path.write_text(json.dumps(meta, indent=2) + "\n")
+    with atomic(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    write_text(config_path, json.dumps(meta, indent=2) + "\n")
 
 
 def _preview(policy, cond, real, path: Path) -> None:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..files import sha256
 from ..rewards import Reward
 from .data import ASSETS, CATEGORIES
 from .effnet import imagenet_classes, load_effnet, prepare
@@ -91,8 +92,10 @@ def text_features(prompts: list[str]) -> torch.Tensor:
     return text_encoder()(prompts).pooled
 
 
-def sha256(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+@lru_cache(maxsize=1)
+def heads_identity() -> str:
+    """The heads file and its hash, computed once for both head rewards."""
+    return f"{HEADS.name} sha256:{sha256(HEADS)[:16]}"
 
 
 @lru_cache(maxsize=1)
@@ -115,7 +118,7 @@ class EmojiAlignment(Reward):
     scale = "[-1, 1]; real emoji with their own caption ~0.59 (train) / ~0.21 (held-out), mismatched ~0.0"
 
     def __init__(self) -> None:
-        self.checkpoint = f"{HEADS.name} sha256:{sha256(HEADS)[:16]}"
+        self.checkpoint = heads_identity()
 
     def score(self, images, prompts):
         head = load_heads()[0]
@@ -130,7 +133,7 @@ class EmojiCategory(Reward):
     scale = "[0, 1]; real held-out emoji ~0.50 with their caption, ~0.35 with a shuffled one"
 
     def __init__(self) -> None:
-        self.checkpoint = f"{HEADS.name} sha256:{sha256(HEADS)[:16]}"
+        self.checkpoint = heads_identity()
 
     def score(self, images, prompts):
         head = load_heads()[1]

@@ -1,7 +1,9 @@
-"""Atomic file writes: a reader (or a run killed mid-write) sees the old file or the new one, never half of one."""
+"""Files: atomic writes (a reader, or a run killed mid-write, sees the old file or the new one, never half of one)
+and file identities."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 
@@ -22,6 +24,11 @@ def write_text(path: Path, text: str) -> Path:
     with atomic(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes: the identity recorded with weights and scores."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def remove_stale(folder: Path) -> list[Path]:
