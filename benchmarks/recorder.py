@@ -23,13 +23,16 @@ class Recorder:
         """The first error of the store, once it became unavailable."""
         self.spooled = 0
 
-    def _do(self, record: dict, call):
+    def _do(self, record, call):
+        """``call()`` while the store answers; after its first failure, append ``record`` (a dict, or a function
+        making one, for records that cost work only when spooled) to the spool instead."""
         if self.failure is None:
             try:
                 return call()
             except Exception as e:  # any backend failure: go offline, keep everything locally
                 msg = str(e).strip()
                 self.failure = msg.splitlines()[0] if msg else type(e).__name__
+        record = record() if callable(record) else record
         self.spool.parent.mkdir(parents=True, exist_ok=True)
         with open(self.spool, "a") as f:
             f.write(json.dumps(record | {"run_id": self.ids.get(record.get("run")), "experiment": self.experiment}) + "\n")
@@ -76,12 +79,8 @@ class Recorder:
             shutil.copy2(path, dest)
             return str(dest)
 
-        if self.failure is None:
-            try:
-                return self.client.log_artifact(self.ids[local], str(path), folder)
-            except Exception as e:
-                self.failure = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        self._do({"op": "artifact", "run": local, "path": spooled_copy(), "folder": folder}, None)
+        self._do(lambda: {"op": "artifact", "run": local, "path": spooled_copy(), "folder": folder},
+                 lambda: self.client.log_artifact(self.ids[local], str(path), folder))
 
     def end(self, local: str, status: str = "FINISHED") -> None:
         self._do({"op": "end", "run": local, "status": status},
