@@ -91,13 +91,12 @@ class Trainer:
         rewards = {m: torch.where(valid, v, float("nan")) for m, v in rewards.items()}  # an image is dropped whole
         skipped = valid.float().mean().item() < shared.min_valid_frac
         t2 = time.perf_counter()
-        groups = self.method.update_groups(ro, generator(shared.seed, "train", r))  # drawn even when skipped
         if skipped:
             log.warning("round %d skipped: %d of %d images have non-finite rewards", r, int((~valid).sum()), len(valid))
             stats, upd = {}, self.update(ro.transitions, cond, [])
-        else:
+        else:  # advantages first: a method's step selection narrows the mask its advantages may set
             stats = self.method.advantages(ro, rewards, shared.rewards)
-            upd = self.update(ro.transitions, cond, groups)
+            upd = self.update(ro.transitions, cond, self.method.update_groups(ro, generator(shared.seed, "train", r)))
         t3 = time.perf_counter()
         metrics = {"round": r, **stats, **upd, "nonfinite_images": int((~valid).sum()), "skipped": int(skipped)}
         for m, v in rewards.items():
