@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from eval.generate import generate, score
+from eval.generate import generate, save_png, score
 from g2rpo.checkpoint import save_policy
 from g2rpo.files import alive, atomic, remove_stale
 from g2rpo.loop import Trainer
@@ -37,14 +37,6 @@ def sigmas_for(p: Preset, steps: int) -> torch.Tensor:
     return dataclasses.replace(p.shared, num_steps=steps).sigmas()
 
 
-def save_row(images: torch.Tensor, path: Path) -> None:
-    """Images side by side as one PNG at native resolution (the table step labels and enlarges them)."""
-    from PIL import Image
-
-    row = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1)  # (B, H, W, 3)
-    Image.fromarray(torch.cat(list(row), dim=1).numpy()).save(path)
-
-
 def evaluate(policy, p: Preset, tier: Tier, extra_steps: list[int], tmp: Path, log_artifact) -> dict[str, float]:
     """Score the held-out prompts at the main and extra step counts; per-prompt CSVs and a sample row as artifacts."""
     prompts = tier.eval_prompts[: p.eval.num_prompts or None]
@@ -59,7 +51,7 @@ def evaluate(policy, p: Preset, tier: Tier, extra_steps: list[int], tmp: Path, l
         for k, v in scores.items():
             metrics[f"eval/{k}" if main else f"eval_{steps}steps/{k}"] = float(v.mean())
         if main:
-            save_row(images[: p.eval.grid_prompts], tmp / "row.png")
+            save_png(torch.cat(list(images[: p.eval.grid_prompts]), dim=2), tmp / "row.png")  # side by side, native size
             log_artifact(tmp / "row.png", "samples")
     return metrics
 
@@ -117,6 +109,7 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
                 trainer.round_idx, cum_nfe, done_train_s = state["round"], state["cum_nfe"], state["train_s"]
             bar = tqdm(range(trainer.round_idx, spec.rounds), desc=f"{spec.method}:{spec.variant}:seed{spec.seed}",
                        initial=trainer.round_idx, total=spec.rounds, leave=False)
+            first = next(iter(shared.rewards))
             for r in bar:
                 m = trainer.step()
                 cum_nfe += m["nfe_rollout"] + m["nfe_train"] + m["nfe_reference"]
@@ -125,7 +118,6 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
                 rec.metrics(local, metrics | {"train/cum_nfe": cum_nfe, "train/wall_s": train_s}, step=r)
                 save_checkpoint(ckpt, {"round": r + 1, "policy": policy.state_dict(), "opt": trainer.opt.state_dict(),
                                        "cum_nfe": cum_nfe, "train_s": train_s})
-                first = next(iter(shared.rewards))
                 bar.set_postfix({first: f"{m[f'reward/{first}']:.4f}"})
         t_train = time.perf_counter() - t0
         policy.eval()
@@ -167,8 +159,7 @@ def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: l
             "rewards": "; ".join(f"{n}: {r.describe()}" for n, r in tier.rewards.items())}
     parent_tags = tags | {"kind": "parent", "command": command, "threads": str(threads), "in_domain": ",".join(in_domain),
                           "out_of_domain": ",".join(n for n in tier.rewards if n not in in_domain),
-                          "eval_steps": ",".join(map(str, [eval_steps(p)] + extra_steps)), "plan_digest": digest,
-                          "host": socket.gethostname(), "pid": str(os.getpid())}
+                          "eval_steps": ",".join(map(str, [eval_steps(p)] + extra_steps)), "plan_digest": digest}
     client, exp_id = rec.client, rec.exp_id
     for folder in (out, out / "checkpoints"):
         remove_stale(folder)
@@ -182,7 +173,7 @@ def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: l
                    f"{sum(c.info.status == 'FINISHED' for c in children.values())} of {len(runs)} runs already finished")
     t0 = time.perf_counter()
     rec.start("parent", f"benchmark {preset_name}", parent_tags, resume_id=prior.info.run_id if prior else None)
-    rec.tags("parent", {"host": socket.gethostname(), "pid": str(os.getpid())})
+    rec.tags("parent", {"host": socket.gethostname(), "pid": str(os.getpid())})  # who runs it now (also on resume)
     try:
         for i, (spec, key) in enumerate(zip(tqdm(runs, desc="runs", leave=False), keys)):
             old = children.get(key)

@@ -7,7 +7,6 @@ out-of-domain rewards, logs everything to MLflow and renders the tables into ``-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
@@ -19,7 +18,7 @@ from pathlib import Path
 from g2rpo.presets import PRESETS, Preset, preset as get_preset
 from g2rpo.registry import METHODS
 
-from .plan import BASE, PlanError, RunSpec, describe, make_plan, parse_int_sets
+from .plan import PlanError, RunSpec, describe, make_plan, parse_int_sets
 
 DEFAULT_METHODS = "g2rpo,g2rpo-wo-mgai,flowgrpo,dancegrpo,mixgrpo"
 

@@ -164,12 +164,17 @@ def curves(client, df, ind, out) -> list[Path]:
         axes[i][1].set(xlabel="cumulative model evaluations (NFE)", ylabel=f"train reward: {rew}")
     axes[0][0].legend(fontsize=8)
     fig.suptitle("In-domain reward of the training rollouts (mean ± std over seeds)")
+    return [save_figure(fig, out / "curves.png")]
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = out / "curves.png"
     with atomic(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    return [path]
+    return path
 
 
 def sample_grid(client, df, out, prompts: list[str]) -> list[Path]:
@@ -198,12 +203,7 @@ def sample_grid(client, df, out, prompts: list[str]) -> list[Path]:
             if i == 0 and j < len(prompts):
                 ax.set_title(prompts[j].replace(" emoji", ""), fontsize=7, wrap=True)
     fig.suptitle("Held-out prompts, same initial noise in every row (training seed 0 of each method)", fontsize=9)
-    fig.tight_layout()
-    path = out / "samples.png"
-    with atomic(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, out / "samples.png")]
 
 
 def build_tables(uri: str, exp_id: str, out: Path, parent_run_id: str | None = None) -> list[Path]:

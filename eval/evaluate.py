@@ -53,12 +53,6 @@ def load_model(checkpoint: str, tier_name: str):
     return tier, policy.eval(), dict(meta.get("in_domain", {})), f"{path} sha256:{sha256(path)[:16]}"
 
 
-def save_png(image, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
-
-
 def load_png(path: Path):
     import numpy as np
     import torch
@@ -73,7 +67,7 @@ def generate_set(policy, tier, prompts: list[str], steps: int, shift: float, k: 
 
     from g2rpo.config import SharedConfig
 
-    from .generate import generate
+    from .generate import generate, save_png
 
     sigmas = dataclasses.replace(SharedConfig(), num_steps=steps, shift=shift).sigmas()
     (out / "images").mkdir(parents=True, exist_ok=True)

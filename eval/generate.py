@@ -39,6 +39,13 @@ def generate(policy: FlowPolicy, text: TextEncoder, prompts: list[str], sigmas: 
     return torch.cat(out)
 
 
+def save_png(image: torch.Tensor, path) -> None:
+    """One (3, H, W) image in [0, 1] as an 8-bit PNG."""
+    from PIL import Image
+
+    Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
+
+
 @torch.no_grad()
 def score(images: torch.Tensor, prompts: list[str], rewards: dict[str, Reward], batch: int = 64) -> dict[str, torch.Tensor]:
     """Per-image scores of every reward and every image statistic."""

@@ -124,7 +124,7 @@ def test_smoke_run_writes_tables_and_mlflow_runs(smoke):
     assert g2.data.params["knobs.eta_step_list"] == "0,1,2" and "git_commit" in g2.data.tags
     hist = client.get_metric_history(g2.info.run_id, "train/reward/brightness")
     assert len(hist) == 2 and "eval/brightness" in g2.data.metrics and "eval_3steps/brightness" in g2.data.metrics
-    assert f"done in" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
+    assert "done in" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
     parent = next(x for x in runs if x.data.tags.get("kind") == "parent")
     assert 0 < parent.data.metrics["peak_rss_gb"] < 24 and parent.data.metrics["wall_s"] > 0
     assert "peak RSS" in (out / "README.md").read_text()

@@ -141,7 +141,7 @@ def train(cfg: HeadConfig, log=print, cache: Path | None = None) -> dict:
 
     with torch.no_grad():
         ei_tr, ei_ho = align.embed_image(f_tr[0]), align.embed_image(f_ho)
-        et_tr, et_ho, et_all = align.embed_text(t_tr[0]), align.embed_text(t_ho), align.embed_text(t_all)
+        et_tr, et_ho = align.embed_text(t_tr[0]), align.embed_text(t_ho)
         ho_sim = ei_ho @ et_ho.T
         ok = lab_ho >= 0
         pi, pt = cat.img(f_ho).softmax(-1), cat.txt(t_ho).softmax(-1)
