@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     from .tracking import open_store
 
     try:
-        client, exp_id = open_store(a.tracking_uri, a.experiment, None)
+        client, exp_id = open_store(a.tracking_uri, a.experiment, None, create=False)
         files = build_tables(a.tracking_uri, exp_id, a.out, a.parent_run_id)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -26,8 +26,11 @@ RACES = ("already exists", "database is locked", "UNIQUE constraint failed")
 """Errors two invocations creating one store at the same moment can see; opening is retried on them."""
 
 
-def open_store(uri: str, experiment: str, artifact_root: Path | None):
-    """Connect and get or create the experiment; raises RuntimeError with one line if the store cannot be used."""
+def open_store(uri: str, experiment: str, artifact_root: Path | None, create: bool = True):
+    """Connect and get (or, with ``create``, create) the experiment; raises RuntimeError with one line if the store
+    cannot be used. Readers pass ``create=False`` so that a mistyped store or experiment is an error, not a new one."""
+    if not create and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise RuntimeError(f"no MLflow store at {uri!r}")
     import logging
 
     import mlflow
@@ -36,7 +39,7 @@ def open_store(uri: str, experiment: str, artifact_root: Path | None):
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):
-        return _open(mlflow, uri, experiment, artifact_root)
+        return _open(mlflow, uri, experiment, artifact_root, create)
 
 
 @contextlib.contextmanager
@@ -60,11 +63,13 @@ def store_lock(uri: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _open(mlflow, uri, experiment, artifact_root):
+def _open(mlflow, uri, experiment, artifact_root, create):
     for attempt in range(4):
         try:
             client = mlflow.MlflowClient(uri)
             exp = client.get_experiment_by_name(experiment)
+            if exp is None and not create:
+                raise LookupError(f"no experiment {experiment!r}")
             if exp is None:
                 loc = artifact_root.resolve().as_uri() if artifact_root is not None else None
                 exp_id = client.create_experiment(experiment, artifact_location=loc)
@@ -76,6 +81,8 @@ def _open(mlflow, uri, experiment, artifact_root):
             if any(t in msg for t in RACES) and attempt < 3:  # another invocation is creating the same store
                 time.sleep(0.2 * 2**attempt)
                 continue
+            if isinstance(e, LookupError):
+                raise RuntimeError(f"{e.args[0]} in the MLflow store {uri!r}") from None
             first = msg.splitlines()[0] if msg else type(e).__name__
             raise RuntimeError(f"cannot open the MLflow store {uri!r}: {first}") from None
     return client, exp_id

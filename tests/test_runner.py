@@ -189,3 +189,11 @@ def test_corrupt_model_file_fails_before_training(tmp_path, monkeypatch, capsys)
     assert bench.main(["--preset", "smoke", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: pocket generator files") and err.count("\n") == 1, err
+
+
+def test_table_refuses_a_missing_store_or_experiment_without_creating_one(smoke, tmp_path):
+    out, _ = smoke
+    r = run("benchmarks.table", "--tracking-uri", f"sqlite:///{tmp_path / 'typo.db'}", "--experiment", "g2rpo-bench/smoke")
+    assert r.returncode == 2 and r.stderr.startswith("error: no MLflow store") and not (tmp_path / "typo.db").exists()
+    r = run("benchmarks.table", "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", "g2rpo-bench/typo")
+    assert r.returncode == 2 and "no experiment 'g2rpo-bench/typo'" in r.stderr and r.stderr.count("\n") == 1, r.stderr
