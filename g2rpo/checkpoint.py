@@ -31,8 +31,9 @@ def read_state(path: Path, origin: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {first}); {origin}") from None
 
 
-def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, origin: str) -> None:
-    """``module.load_state_dict(state, strict=True)`` with a one-line summary of any mismatch."""
+def check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, origin: str) -> None:
+    """CheckpointError with a one-line summary unless ``state`` has exactly the module's keys and shapes. Works on a
+    module built on the meta device, so a wrong file is refused before a large model is materialised."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -41,6 +42,11 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: P
         raise CheckpointError(f"{path} does not match the model's architecture: {len(missing)} missing, {len(unexpected)} "
                               f"unexpected, {len(shape)} wrong-shape tensors (first: {(missing or unexpected or shape)[0]}); "
                               f"{origin}")
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, origin: str) -> None:
+    """``module.load_state_dict(state, strict=True)`` with a one-line summary of any mismatch."""
+    check_state(module, state, path, origin)
     module.load_state_dict(state, strict=True)
 
 

@@ -27,8 +27,13 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes: the identity recorded with weights and scores."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """Hex sha256 of a file's bytes: the identity recorded with weights and scores (read in chunks: reward
+    checkpoints are several GB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def remove_stale(folder: Path) -> list[Path]:
