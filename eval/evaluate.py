@@ -3,8 +3,10 @@
 Generates with the deterministic ODE sampler and fixed per-prompt noise (image 0 of every prompt is the noise the
 benchmark runner evaluates with), saves PNGs and ``metadata.jsonl``, scores the saved images with the chosen
 rewards plus the image statistics, and writes ``scores.csv`` (per image) and ``summary.csv`` (mean, std, n per
-reward, split into in-domain = trained on, out-of-domain, and guard statistics). ``--rescore DIR`` scores the
-images of an earlier evaluation again without generating. Everything is logged to MLflow.
+reward, split into in-domain = trained on, out-of-domain, and guard statistics). ``--rescore`` scores the
+images of an earlier evaluation again without generating. Rewards are the tier's or the paper tier's registry
+(``g2rpo.rewards.registry``, weights from ``--reward-dir``); prompt sets are described in ``eval/prompts.py``.
+Summaries are per prompt group (e.g. HPSv2 style) and overall. Everything is logged to MLflow.
 """
 from __future__ import annotations
 
@@ -14,24 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-PROMPT_SETS = ("heldout", "train")
+from .prompts import read_prompt_set
 
 
 class EvalError(ValueError):
     """Bad input to the evaluation; reported as one line with exit code 2."""
-
-
-def read_prompts(spec: str, tier) -> list[str]:
-    if spec in PROMPT_SETS:
-        return tier.eval_prompts if spec == "heldout" else tier.train_prompts
-    try:
-        prompts = [ln.strip() for ln in Path(spec).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise EvalError(f"--prompts {spec!r} is neither {' nor '.join(PROMPT_SETS)} nor a readable UTF-8 text file "
-                        f"({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
-    if not prompts:
-        raise EvalError(f"--prompts {spec!r} holds no prompts (one per line)")
-    return prompts
 
 
 def load_model(checkpoint: str, tier_name: str):
@@ -53,6 +42,21 @@ def load_model(checkpoint: str, tier_name: str):
     return tier, policy.eval(), dict(meta.get("in_domain", {})), f"{path} sha256:{sha256(path)[:16]}"
 
 
+def pick_rewards(names: list[str], tier, reward_dir: Path | None) -> dict:
+    """The tier's rewards by name, plus paper-tier ones loaded from ``reward_dir`` (each model once)."""
+    from g2rpo.rewards.registry import PAPER_REWARDS, RewardPaths, paper_rewards
+
+    unknown = [r for r in names if r not in tier.rewards and r not in PAPER_REWARDS]
+    if unknown or not names:
+        raise EvalError(f"--rewards: unknown {unknown or 'empty list'}; tier {tier.name!r} has {', '.join(tier.rewards)}; "
+                        f"the paper tier's are {', '.join(PAPER_REWARDS)}")
+    paper = [n for n in names if n not in tier.rewards]
+    if reward_dir is not None and not reward_dir.is_dir():
+        raise EvalError(f"--reward-dir {reward_dir} is not a folder")
+    loaded = paper_rewards(paper, RewardPaths.under(reward_dir) if reward_dir else None) if paper else {}
+    return {n: tier.rewards[n] if n in tier.rewards else loaded[n] for n in names}
+
+
 def load_png(path: Path):
     import numpy as np
     import torch
@@ -61,7 +65,7 @@ def load_png(path: Path):
     return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1).float() / 255
 
 
-def generate_set(policy, tier, prompts: list[str], steps: int, shift: float, k: int, seed: int, out: Path,
+def generate_set(policy, tier, prompts: list[tuple[str, str]], steps: int, shift: float, k: int, seed: int, out: Path,
                  checkpoint: str) -> None:
     import dataclasses
 
@@ -73,11 +77,11 @@ def generate_set(policy, tier, prompts: list[str], steps: int, shift: float, k: 
     (out / "images").mkdir(parents=True, exist_ok=True)
     records = []
     for j in range(k):
-        images = generate(policy, tier.text, prompts, sigmas, seed=seed, image_index=j)
-        for i, (p, img) in enumerate(zip(prompts, images)):
+        images = generate(policy, tier.text, [p for p, _ in prompts], sigmas, seed=seed, image_index=j)
+        for i, ((p, group), img) in enumerate(zip(prompts, images)):
             name = f"images/{i:05d}_{j}.png"
             save_png(img, out / name)
-            records.append({"prompt_index": i, "prompt": p, "image_index": j, "image": name, "seed": seed,
+            records.append({"prompt_index": i, "prompt": p, "group": group, "image_index": j, "image": name, "seed": seed,
                             "steps": steps, "shift": shift, "checkpoint": checkpoint, "tier": tier.name})
     (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
@@ -98,11 +102,15 @@ def score_set(out: Path, rewards: dict, in_domain: dict):
     per = pd.DataFrame(meta)
     for k, v in scores.items():
         per[k] = v.numpy()
+    groups = per.get("group", pd.Series(["all"] * len(per))).fillna("all").to_numpy()
     rows = []
     for k, v in scores.items():
         domain = "guard" if k.startswith("stat/") else ("in" if k in in_domain else "out")
-        rows.append({"reward": k, "domain": domain, "mean": float(v.mean()), "std": float(v.std()) if len(v) > 1 else 0.0,
-                     "n": len(v), "checkpoint": rewards[k].checkpoint if k in rewards else ""})
+        for g in (["all"] + sorted(set(groups)) if len(set(groups)) > 1 else ["all"]):
+            x = v if g == "all" else v[torch.from_numpy(groups == g)]
+            rows.append({"reward": k, "group": g, "domain": domain, "mean": float(x.mean()),
+                         "std": float(x.std()) if len(x) > 1 else 0.0, "n": len(x),
+                         "checkpoint": rewards[k].checkpoint if k in rewards else ""})
     return per, pd.DataFrame(rows)
 
 
@@ -110,8 +118,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="base", help="'base' (the tier's untrained model) or NAME.safetensors")
     ap.add_argument("--tier", default="pocket", help="model tier of 'base' (a checkpoint names its own)")
-    ap.add_argument("--prompts", default="heldout", help=f"{' or '.join(PROMPT_SETS)}, or a text file, one prompt per line")
-    ap.add_argument("--rewards", default="all", help="comma-separated reward names of the tier, or 'all'")
+    ap.add_argument("--prompts", default="heldout", help="heldout, train, a text file (one prompt per line), a JSON file "
+                    "(list, HPDv2 test.json, or {group: [prompts]}) or a folder with the HPSv2 benchmark's style files")
+    ap.add_argument("--rewards", default="all", help="comma-separated names (the tier's and the paper tier's: "
+                    "hps, clip, pickscore[_100|_26], imagereward), or 'all' = the tier's")
+    ap.add_argument("--reward-dir", type=Path, help="folder holding the paper-tier reward weights, one folder per hub "
+                    "repository (HPSv2/, DFN5B-CLIP-ViT-H-14-378/, PickScore_v1/, ...); without it hub ids are tried")
     ap.add_argument("--steps", type=int, default=10, help="ODE steps")
     ap.add_argument("--shift", type=float, default=3.0, help="schedule shift")
     ap.add_argument("--images-per-prompt", type=int, default=1)
@@ -137,14 +149,12 @@ def main(argv=None) -> int:
             a.checkpoint, a.tier = first["checkpoint"].split(" sha256:")[0], first["tier"]
         tier, policy, in_domain, identity = load_model(a.checkpoint, a.tier)
         names = list(tier.rewards) if a.rewards == "all" else [r.strip() for r in a.rewards.split(",") if r.strip()]
-        unknown = [r for r in names if r not in tier.rewards]
-        if unknown or not names:
-            raise EvalError(f"--rewards: unknown {unknown or 'empty list'}; tier {tier.name!r} has {', '.join(tier.rewards)}")
-        prompts = read_prompts(a.prompts, tier) if not a.rescore else None
+        rewards = pick_rewards(names, tier, a.reward_dir)
+        prompts = read_prompt_set(a.prompts, tier) if not a.rescore else None
         a.out.mkdir(parents=True, exist_ok=True)
         uri = a.tracking_uri or default_uri(a.out)
         client, exp_id = open_store(uri, "g2rpo-eval", a.out / "mlartifacts")
-    except (EvalError, ValueError, RuntimeError, OSError) as e:
+    except (EvalError, ValueError, KeyError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import mlflow
@@ -154,7 +164,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if not a.rescore:
         generate_set(policy, tier, prompts, a.steps, a.shift, a.images_per_prompt, a.seed, a.out, identity)
-    per, summary = score_set(a.out, {n: tier.rewards[n] for n in names}, in_domain)
+    per, summary = score_set(a.out, rewards, in_domain)
     for df, name in ((per, "scores.csv"), (summary, "summary.csv")):
         with atomic(a.out / name) as tmp:
             df.to_csv(tmp, index=False, float_format="%.6g")
@@ -163,10 +173,11 @@ def main(argv=None) -> int:
                                                                             "rescore": str(a.rescore)}):
         mlflow.log_params({"prompts": a.prompts, "steps": a.steps, "shift": a.shift, "seed": a.seed,
                            "images_per_prompt": a.images_per_prompt, "rewards": ",".join(names)})
-        mlflow.log_metrics({f"{r.domain}/{r.reward}": r.mean for r in summary.itertuples()})
+        mlflow.log_metrics({f"{r.domain}/{r.reward}" + ("" if r.group == "all" else f"/{r.group}"): r.mean
+                            for r in summary.itertuples()})
         mlflow.log_artifact(str(a.out / "scores.csv"))
         mlflow.log_artifact(str(a.out / "summary.csv"))
-    print(summary.to_string(index=False))
+    print(summary.drop(columns="checkpoint").to_string(index=False))
     print(f"{len(per)} images of {per.prompt_index.nunique()} prompts scored in {time.perf_counter() - t0:.1f} s; "
           f"files in {a.out}/, run logged to {shown_uri(uri)}")
     return 0

@@ -43,7 +43,10 @@ def test_checkpoint_from_the_runner_splits_in_and_out_of_domain(tmp_path):
 
 @pytest.mark.parametrize("args,msg", [
     (["--prompts", "/no/such/file.txt"], "neither heldout nor train nor a readable"),
-    (["--rewards", "hps"], "--rewards: unknown ['hps']"),
+    (["--rewards", "nope"], "--rewards: unknown ['nope']"),
+    (["--rewards", "hps", "--reward-dir", "."], "/HPSv2/HPS_v2.1_compressed.pt is missing: expected HPS_v2.1_compressed.pt"),
+    (["--rewards", "imagereward"], "'THUDM/ImageReward' is not a local path and the hub download failed"),
+    (["--rewards", "clip", "--reward-dir", "/no/such/dir"], "--reward-dir /no/such/dir is not a folder"),
     (["--checkpoint", "/no/such.safetensors"], "is missing or unreadable"),
     (["--steps", "0"], "must be >= 1"),
 ])
@@ -58,3 +61,39 @@ def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
     ck.write_bytes(ck.read_bytes()[:100])
     assert run(tmp_path, "--checkpoint", str(ck)) == 2
     assert "is unreadable" in capsys.readouterr().err
+
+
+def test_prompt_files_json_hpdv2_and_hpsv2_styles_are_grouped(tmp_path):
+    styles = tmp_path / "benchmark"
+    styles.mkdir()
+    for i, s in enumerate(("anime", "concept-art", "paintings", "photo")):
+        (styles / f"{s}.json").write_text(json.dumps([f"style {s} prompt {k}" for k in range(i + 1)]))
+    assert run(tmp_path, "--prompts", str(styles)) == 0
+    summary = pd.read_csv(tmp_path / "ev" / "summary.csv")
+    b = summary[summary.reward == "brightness"].set_index("group")
+    assert b.loc["all", "n"] == 10 and [b.loc[s, "n"] for s in ("anime", "concept-art", "paintings", "photo")] == [1, 2, 3, 4]
+    hpd = tmp_path / "test.json"  # HPDv2's test.json: objects with a 'prompt' field
+    hpd.write_text(json.dumps([{"prompt": "a cat", "rank": [1, 2]}, {"prompt": "a dog", "rank": [2, 1]}]))
+    assert run(tmp_path, "--prompts", str(hpd)) == 0
+    meta = [json.loads(x) for x in (tmp_path / "ev" / "metadata.jsonl").read_text().splitlines()]
+    assert [m["prompt"] for m in meta] == ["a cat", "a dog"] and {m["group"] for m in meta} == {"test"}
+    assert set(pd.read_csv(tmp_path / "ev" / "summary.csv").group) == {"all"}
+
+
+@pytest.mark.parametrize("content,msg", [
+    ("[]", "expected a non-empty JSON list"),
+    ('[{"caption": "x"}]', "item 0 is neither a prompt string nor an object with a 'prompt'"),
+    ("{not json", "is not readable JSON"),
+])
+def test_bad_json_prompts_are_one_line(tmp_path, capsys, content, msg):
+    (tmp_path / "p.json").write_text(content)
+    assert run(tmp_path, "--prompts", str(tmp_path / "p.json")) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1, err
+
+
+def test_hpsv2_folder_missing_a_style_is_named(tmp_path, capsys):
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "photo.json").write_text('["a"]')
+    assert run(tmp_path, "--prompts", str(tmp_path / "bench")) == 2
+    assert "missing anime, concept-art, paintings" in capsys.readouterr().err
