@@ -66,7 +66,7 @@ class TrajectoryMethod(Method):
         """(P, G) per-reward (P, G) rewards -> (P, G) advantages."""
         raise NotImplementedError
 
-    def rollout(self, policy, cond, init_noise, gen, shared, round_idx=0) -> Rollout:
+    def rollout(self, policy, cond, init_noise, noise, shared, round_idx=0) -> Rollout:
         self.validate(shared)
         sigmas = self.schedule(shared)
         P, G, shape = init_noise.shape[0], init_noise.shape[1], init_noise.shape[2:]
@@ -74,9 +74,9 @@ class TrajectoryMethod(Method):
         x_T = x_T.reshape(P * G, *shape)
         n = len(sigmas) - 1
         g = self.step_g(sigmas, round_idx)
-        noise = torch.randn((n, P * G, *shape), generator=gen)
+        z = noise((n, G, *shape), dim=1).reshape(n, P * G, *shape)
         rows_cond = cond[torch.arange(P).repeat_interleave(G).tolist()]
-        xs, logp, x0 = sample_trajectories(policy, x_T, sigmas, g, rows_cond, noise, shared.max_batch)
+        xs, logp, x0 = sample_trajectories(policy, x_T, sigmas, g, rows_cond, z, shared.max_batch)
         st = torch.tensor(self.candidate_steps(n, round_idx))
         S = len(st)
         tr = Transitions(

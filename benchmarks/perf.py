@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from g2rpo.files import write_text
-from g2rpo.loop import Trainer, generator, initial_noise, round_prompts
+from g2rpo.loop import PromptNoise, Trainer, initial_noise, round_prompts
 from g2rpo.models.flux import flux_forward_flops
 from g2rpo.presets import PRESETS, preset as get_preset
 from g2rpo.registry import METHODS, make_method
@@ -80,7 +80,7 @@ def rollout_speed(tier, p, reps: int) -> dict:
     for mode in ("batched", "reference"):
         m = make_method("g2rpo", p.knobs, rollout_mode=mode)
         with torch.no_grad():
-            run = lambda: m.rollout(policy, cond, noise, generator(shared.seed, "sde", 0), shared)  # noqa: E731
+            run = lambda: m.rollout(policy, cond, noise, PromptNoise(shared.seed, "sde", 0, range(len(prompts))), shared)  # noqa: E731
             policy.reset_counts()
             res[mode] = timed(run, reps if mode == "batched" else 1)
             res[mode + "_rows"] = policy.calls["rollout"] // (1 + (reps if mode == "batched" else 1))

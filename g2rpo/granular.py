@@ -97,14 +97,14 @@ class G2RPO(Method):
             raise ValueError(f"granular_list {list(lams)} must be distinct integers >= 1")
         super().validate(shared)
 
-    def rollout(self, policy: FlowPolicy, cond: Cond, init_noise: torch.Tensor, gen: torch.Generator,
+    def rollout(self, policy: FlowPolicy, cond: Cond, init_noise: torch.Tensor, noise,
                 shared: SharedConfig, round_idx: int = 0) -> Rollout:
         self.validate(shared)
         cfg, sigmas = self.cfg, shared.sigmas()
         ks, lams = cfg.eta_step_list, cfg.granular_list
         P, G, shape = init_noise.shape[0], init_noise.shape[1], init_noise.shape[2:]
         x_T = init_noise[:, 0]  # one shared initial noise per group
-        z = torch.randn((P, len(ks), G, *shape), generator=gen)
+        z = noise((len(ks), G, *shape))  # (P, |M|, G, ...)
         g = flow_sde_g(sigmas, float(sigmas[1]), cfg.eta)
 
         if cfg.rollout_mode is RolloutMode.BATCHED:
@@ -125,15 +125,15 @@ class G2RPO(Method):
             x0_ode, x_next, logp, x0, anchor = self._rollout_reference(policy, cond, x_T, z, sigmas, g)
 
         n_img = P * len(ks) * len(lams) * G
-        tr = Transitions(
-            prompt=torch.arange(P).repeat(len(ks)),
-            k=torch.tensor(ks).repeat_interleave(P),
-            x=torch.cat([anchor[k] for k in ks]),
-            sigma=sigmas[list(ks)].repeat_interleave(P),
-            sigma_next=sigmas[[k + 1 for k in ks]].repeat_interleave(P),
-            g=g[list(ks)].repeat_interleave(P),
-            x_next=x_next.transpose(0, 1).reshape(len(ks) * P, G, *shape),
-            log_prob_old=logp.transpose(0, 1).reshape(len(ks) * P, G),
+        tr = Transitions(  # rows (prompt, k), prompt-major like every method's, so ranks hold contiguous blocks
+            prompt=torch.arange(P).repeat_interleave(len(ks)),
+            k=torch.tensor(ks).repeat(P),
+            x=anchor[list(ks)].transpose(0, 1).reshape(P * len(ks), *shape),
+            sigma=sigmas[list(ks)].repeat(P),
+            sigma_next=sigmas[[k + 1 for k in ks]].repeat(P),
+            g=g[list(ks)].repeat(P),
+            x_next=x_next.reshape(P * len(ks), G, *shape),
+            log_prob_old=logp.reshape(P * len(ks), G),
         )
         return Rollout(
             images=policy.decode(x0.reshape(n_img, *shape)),
@@ -172,7 +172,7 @@ class G2RPO(Method):
         P, nk, nl, G = rollout.info["layout"]
         per_reward = {m: A.group_zscore(r.view(P, nk, nl, G)).sum(2) for m, r in rewards.items()}
         adv = A.clamp(A.combine(per_reward, weights), self.cfg.adv_clip_max)  # (P, |M|, G)
-        rollout.transitions.adv = adv.transpose(0, 1).reshape(nk * P, G)
+        rollout.transitions.adv = adv.reshape(P * nk, G)
         return {"adv_abs_mean": adv.abs().mean().item(), "adv_clipped_frac": (adv.abs() >= self.cfg.adv_clip_max).float().mean().item()}
 
     def update_groups(self, rollout: Rollout, gen: torch.Generator) -> list[torch.Tensor]:

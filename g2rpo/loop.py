@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from .config import SharedConfig
+from .distributed import DataParallel
 from .loss import ppo_clip_loss
 from .method import Method, Transitions
 from .policy import Cond, FlowPolicy, TextEncoder
@@ -35,17 +36,34 @@ def round_prompts(prompts: list[str], shared: SharedConfig, round_idx: int) -> l
     return out
 
 
-def initial_noise(shared: SharedConfig, round_idx: int, latent_shape) -> torch.Tensor:
-    """(P, G, C, H, W) x_T of a round; shared-noise methods take member 0, so it is the same x_T for all of them."""
-    shape = (shared.prompts_per_round, shared.num_generations, *latent_shape)
-    return torch.randn(shape, generator=generator(shared.seed, "x_T", round_idx))
+class PromptNoise:
+    """Standard normal noise drawn per prompt of a round, each from its own stream: a process holding any slice of a
+    round's prompts draws exactly the noise one process draws for them, so results do not depend on the world size.
+
+    ``noise(shape, dim)`` stacks one ``shape`` block per prompt along ``dim``; every call draws fresh noise.
+    """
+
+    def __init__(self, seed: int, stream: str, round_idx: int, prompt_ids: list[int]) -> None:
+        self.key, self.prompt_ids, self.calls = (seed, stream, round_idx), list(prompt_ids), 0
+
+    def __call__(self, shape, dim: int = 0) -> torch.Tensor:
+        self.calls += 1
+        return torch.stack([torch.randn(tuple(shape), generator=generator(*self.key, self.calls, p))
+                            for p in self.prompt_ids], dim)
+
+
+def initial_noise(shared: SharedConfig, round_idx: int, latent_shape, prompt_ids: list[int] | None = None) -> torch.Tensor:
+    """(P, G, C, H, W) x_T of a round's prompts (all by default); shared-noise methods take member 0, so it is the
+    same x_T for all of them."""
+    ids = range(shared.prompts_per_round) if prompt_ids is None else prompt_ids
+    return PromptNoise(shared.seed, "x_T", round_idx, ids)((shared.num_generations, *latent_shape))
 
 
 class Trainer:
     """Runs any ``Method`` on a policy with the shared settings."""
 
     def __init__(self, policy: FlowPolicy, text_encoder: TextEncoder, method: Method, rewards: dict[str, Reward],
-                 shared: SharedConfig, prompts: list[str]) -> None:
+                 shared: SharedConfig, prompts: list[str], dp: DataParallel | None = None) -> None:
         missing = [m for m in shared.rewards if m not in rewards]
         if missing:
             raise ValueError(f"reward models {missing} are in the shared settings but were not given")
@@ -53,6 +71,8 @@ class Trainer:
             raise ValueError("no training prompts")
         self.policy, self.text, self.method, self.rewards = policy, text_encoder, method, rewards
         self.shared, self.prompts = shared, prompts
+        self.dp = dp or DataParallel()
+        self.dp.shard(shared.prompts_per_round)  # fails early unless the prompts split evenly over the ranks
         params = [p for p in policy.parameters() if p.requires_grad]
         o = method.optim
         self.opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
@@ -73,30 +93,34 @@ class Trainer:
 
     def step(self) -> dict:
         """One round. Returns the metrics logged for it."""
-        r, shared, policy = self.round_idx, self.shared, self.policy
-        prompts = round_prompts(self.prompts, shared, r)
+        r, shared, policy, dp = self.round_idx, self.shared, self.policy, self.dp
+        ids = dp.shard(shared.prompts_per_round)  # this rank's prompts of the round
+        prompts = [round_prompts(self.prompts, shared, r)[i] for i in ids]
         cond = self.text(prompts)
         policy.reset_counts()
         if self.method.reference is not None:
             self.method.reference.reset_counts()
         t0 = time.perf_counter()
         with torch.no_grad():
-            ro = self.method.rollout(policy, cond, initial_noise(shared, r, policy.latent_shape),
-                                     generator(shared.seed, "sde", r), shared, r)
+            ro = self.method.rollout(policy, cond, initial_noise(shared, r, policy.latent_shape, ids),
+                                     PromptNoise(shared.seed, "sde", r, ids), shared, r)
         t1 = time.perf_counter()
         img_prompts = [prompts[i] for i in ro.image_prompt.tolist()]
         rewards = self.score(ro.images, img_prompts)
         extra = {name: self.score(img, prompts) for name, img in ro.extra_images.items()}
         valid = torch.stack([torch.isfinite(v) for v in rewards.values()]).all(0)
         rewards = {m: torch.where(valid, v, float("nan")) for m, v in rewards.items()}  # an image is dropped whole
+        view, rewards = dp.global_view(ro, rewards)  # the whole round's rewards (one process: ro itself)
+        valid = dp.gather(valid)
         skipped = valid.float().mean().item() < shared.min_valid_frac
         t2 = time.perf_counter()
         if skipped:
             log.warning("round %d skipped: %d of %d images have non-finite rewards", r, int((~valid).sum()), len(valid))
             stats, upd = {}, self.update(ro.transitions, cond, [])
         else:  # advantages first: a method's step selection narrows the mask its advantages may set
-            stats = self.method.advantages(ro, rewards, shared.rewards)
-            upd = self.update(ro.transitions, cond, self.method.update_groups(ro, generator(shared.seed, "train", r)))
+            stats = self.method.advantages(view, rewards, shared.rewards)
+            groups = self.method.update_groups(view, generator(shared.seed, "train", r))
+            upd = self.update(ro.transitions, cond, dp.localise(view, ro, groups))
         t3 = time.perf_counter()
         metrics = {"round": r, **stats, **upd, "nonfinite_images": int((~valid).sum()), "skipped": int(skipped)}
         for m, v in rewards.items():
@@ -120,12 +144,12 @@ class Trainer:
         losses, ratios, clipped, norms, first_dev, nonfinite_steps = [], [], [], [], None, 0
         for rows in groups:
             rows = rows[trained[rows].any(1)]  # rows with no trained member cost nothing
-            weight = trained[rows].sum()
+            weight = self.dp.sum(trained[rows].sum())  # over all ranks: the step one process would take
             if weight == 0:
                 continue
             self.opt.zero_grad(set_to_none=True)
-            chunk_size = self.shared.max_train_batch or len(rows)
-            for chunk in rows.split(chunk_size):
+            chunk_size = self.shared.max_train_batch or max(len(rows), 1)
+            for chunk in rows.split(chunk_size) if len(rows) else ():  # a rank may hold no row of this step
                 c = cond[tr.prompt[chunk].tolist()]
                 v = policy(tr.x[chunk], tr.sigma[chunk], c)
                 L = len(chunk)
@@ -143,6 +167,7 @@ class Trainer:
                 clipped.append(((r_sel - 1).abs() > method.clip_range).float())
                 if not norms:  # before the round's first optimizer step the ratio must be 1
                     first_dev = max(first_dev or 0.0, (r_sel - 1).abs().max().item())
+            self.dp.sum_grads(params)
             norm = torch.nn.utils.clip_grad_norm_(params, method.optim.max_grad_norm).item()
             if not math.isfinite(norm):  # a non-finite gradient never reaches the weights
                 self.opt.zero_grad(set_to_none=True)

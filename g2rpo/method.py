@@ -103,9 +103,11 @@ class Method:
             if v is not None and not (isinstance(v, (int, float)) and ok(v)):
                 raise ValueError(f"{knob} must be {rule}, got {v!r}")
 
-    def rollout(self, policy: FlowPolicy, cond: Cond, init_noise: torch.Tensor, gen: torch.Generator,
+    def rollout(self, policy: FlowPolicy, cond: Cond, init_noise: torch.Tensor, noise,
                 shared: SharedConfig, round_idx: int = 0) -> Rollout:
-        """``init_noise`` is (P, G, C, H, W) from the loop; shared-noise methods use member 0 of each group."""
+        """``init_noise`` is (P, G, C, H, W) from the loop; shared-noise methods use member 0 of each group.
+        ``noise(shape, dim)`` (``loop.PromptNoise``) draws the SDE noise, one ``shape`` block per prompt stacked
+        along ``dim``, so a process holding a slice of the round's prompts draws their single-process noise."""
         raise NotImplementedError
 
     def advantages(self, rollout: Rollout, rewards: dict[str, torch.Tensor], weights: dict[str, float]) -> dict:

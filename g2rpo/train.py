@@ -1,6 +1,8 @@
 """Train one method on one preset: ``python -m g2rpo.train --method g2rpo --preset smoke``.
 
-The benchmark runner drives many of these; this entry point is for a single run and for checking a config.
+The benchmark runner drives many of these; this entry point is for a single run and for checking a config. Under
+``torchrun --nproc_per_node W -m g2rpo.train ...`` the round's prompts are split over W processes
+(``g2rpo.distributed``) with the single-process result; rank 0 alone prints and writes.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int)
     ap.add_argument("--eta-step-list", type=_ints, help="G2RPO noise-injection steps M, e.g. 0,1,2,3")
     ap.add_argument("--granular-list", type=_ints, help="G2RPO granularities Lambda, e.g. 1,2,3")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads per process")
+    ap.add_argument("--save", help="write the trained policy here (safetensors + JSON sidecar)")
     ap.add_argument("--dry-run", action="store_true", help="print the config and the cost per prompt and round, run nothing")
     a = ap.parse_args(argv)
     try:
@@ -47,6 +50,7 @@ def main(argv=None) -> int:
     if a.dry_run:
         print(json.dumps(plan, indent=2, default=str))
         return 0
+    from .distributed import DataParallel
     from .loop import Trainer
     from .tiers import load_tier
 
@@ -56,10 +60,21 @@ def main(argv=None) -> int:
         print(f"error: {e.args[0]}; use --dry-run to see the plan", file=sys.stderr)
         return 2
     torch.set_num_threads(a.threads)
-    trainer = Trainer(tier.make_policy(), tier.text, method, tier.rewards, shared, tier.train_prompts)
-    print(json.dumps({k: plan[k] for k in ("method", "shared_digest", "cost_per_prompt_round")}))
+    try:
+        dp = DataParallel.from_env()
+        trainer = Trainer(tier.make_policy(), tier.text, method, tier.rewards, shared, tier.train_prompts, dp)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    say = print if dp.main else (lambda *_: None)
+    say(json.dumps({k: plan[k] for k in ("method", "shared_digest", "cost_per_prompt_round")} | {"world": dp.world}))
     for m in trainer.train():
-        print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}))
+        say(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}))
+    if a.save and dp.main:
+        from .checkpoint import save_policy
+
+        save_policy(trainer.policy, a.save, {"tier": shared.model, "method": method.name, "rounds": trainer.round_idx,
+                                             "in_domain": shared.rewards, "world": dp.world})
     return 0
 
 

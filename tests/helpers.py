@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from g2rpo.config import OptimConfig, SharedConfig
-from g2rpo.loop import Trainer, generator, initial_noise
+from g2rpo.loop import PromptNoise, Trainer, generator, initial_noise
 from g2rpo.models.flux import tiny_flux_policy
 from g2rpo.models.text import HashTextEncoder
 from g2rpo.rewards import Brightness, ChannelContrast
@@ -27,7 +27,7 @@ def rollout(method, sh: SharedConfig, policy=None, round_idx: int = 0):
     cond = HashTextEncoder()(PROMPTS[: sh.prompts_per_round])
     with torch.no_grad():
         return policy, cond, method.rollout(policy, cond, initial_noise(sh, round_idx, policy.latent_shape),
-                                            generator(sh.seed, "sde", round_idx), sh, round_idx)
+                                            PromptNoise(sh.seed, "sde", round_idx, range(sh.prompts_per_round)), sh, round_idx)
 
 
 def no_decay(lr: float = 1e-3) -> OptimConfig:

@@ -24,7 +24,8 @@ def method(**kw):
 
 def train_log_prob(policy, ro, cond):
     """Training-side log-prob of every stored transition, recomputed the way the loop does (per k)."""
-    tr, out = ro.transitions, []
+    tr = ro.transitions
+    out = torch.empty_like(tr.log_prob_old)
     for k in tr.k.unique():
         rows = torch.nonzero(tr.k == k).squeeze(1)
         v = policy(tr.x[rows], tr.sigma[rows], cond[tr.prompt[rows].tolist()])
@@ -32,8 +33,8 @@ def train_log_prob(policy, ro, cond):
         rep = lambda t: t.repeat_interleave(n, 0)  # noqa: E731
         o = sde_step(rep(tr.x[rows]), rep(v), rep(tr.sigma[rows]), rep(tr.sigma_next[rows]), rep(tr.g[rows]),
                      next_sample=tr.x_next[rows].reshape(-1, *shape))
-        out.append(o.log_prob.view(len(rows), n))
-    return torch.cat(out)
+        out[rows] = o.log_prob.view(len(rows), n)
+    return out
 
 
 def test_ratio_is_exactly_one_before_the_first_update():
