@@ -1,7 +1,6 @@
 """Flow-GRPO (algorithms.md §5): Flow-SDE on every step, global-std advantages, optional KL to the base model."""
 from __future__ import annotations
 
-import copy
 import enum
 from dataclasses import dataclass, field
 
@@ -11,6 +10,7 @@ from g2rpo import advantages as A
 from g2rpo.config import OptimConfig, SharedConfig
 from g2rpo.loss import kl_to_reference
 from g2rpo.method import Cost
+from g2rpo.models.lora import reference_policy
 from g2rpo.schedules import shifted_sigmas
 from g2rpo.sde import flow_sde_g, sde_step
 
@@ -73,8 +73,8 @@ class FlowGRPO(TrajectoryMethod):
 
     def setup(self, policy):
         if self.cfg.beta > 0:
-            # the frozen base weights; with LoRA this is the adapter-disabled model (paper tier)
-            self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+            # the base model: with LoRA the same module with adapters disabled, else a frozen copy
+            self.reference = reference_policy(policy)
 
     def schedule(self, shared):
         if self.cfg.num_rollout_steps is None:

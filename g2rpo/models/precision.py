@@ -1,0 +1,59 @@
+"""Precision and memory switches for the paper tier: gradient checkpointing and bf16 autocast.
+
+Master weights stay fp32 (as the official DanceGRPO/Flow-GRPO FLUX runs keep them: "keep the master weight to
+float32" with bf16 mixed precision); ``autocast`` runs the matrix multiplies of the forwards inside it in bf16.
+``FlowPolicy.forward`` returns fp32 whatever the model computed in, and the SDE step and log-probs are computed
+outside the model, in fp32 (algorithms.md §2).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..policy import FlowPolicy
+
+
+def _transformer(policy: FlowPolicy):
+    tr = getattr(policy, "transformer", None)
+    if tr is None or not hasattr(tr, "enable_gradient_checkpointing"):
+        raise TypeError(f"{type(policy).__name__} has no diffusers transformer (policy.transformer)")
+    return tr
+
+
+def enable_memory_savers(policy: FlowPolicy, gradient_checkpointing: bool) -> FlowPolicy:
+    """Turn diffusers' gradient checkpointing of the transformer blocks on or off; returns the policy.
+
+    Checkpointing only acts on forwards with grad (the training forwards): each block's activations are recomputed
+    in the backward pass instead of being kept, so the gradients are the same and memory drops to about one block's
+    activations per sample, for roughly one extra forward of compute.
+    """
+    tr = _transformer(policy)
+    if gradient_checkpointing:
+        tr.enable_gradient_checkpointing()
+    else:
+        tr.disable_gradient_checkpointing()
+    return policy
+
+
+def _device_type(device) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device).type
+
+
+def autocast(dtype: torch.dtype | str | None = torch.bfloat16, device=None):
+    """A context manager for forwards in ``dtype`` over fp32 weights; ``None`` or fp32 is a no-op.
+
+    ``device`` is where the model runs (a device, its type, or a tensor's ``.device``); None picks cuda when
+    available, else cpu. CPU autocast supports bfloat16 (and float16 on recent torch). Usage::
+
+        with autocast(torch.bfloat16, policy.img_ids.device):
+            v = policy(x, sigma, cond)   # fp32 out; matmuls inside in bf16
+    """
+    if isinstance(dtype, str):
+        dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+                 "fp32": torch.float32, "float32": torch.float32, "no": None}[dtype]
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=_device_type(device), dtype=dtype)
