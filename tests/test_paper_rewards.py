@@ -80,6 +80,7 @@ def hps_official(hpsv2_pkg, tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("hps") / "HPS_v2.1_compressed.pt"
     torch.save({"state_dict": model.state_dict()}, ckpt)
     hpsv2_pkg.model_dict.update(model=model, preprocess_val=preprocess_val)  # the package's own model cache
+    del model  # the package's cache holds it until the scoring test clears it (4 GB)
     yield hpsv2_pkg, ckpt, preprocess_val
     hpsv2_pkg.model_dict.clear()
 
@@ -97,6 +98,7 @@ def test_hps_equals_hpsv2_scoring(hps_official):
     ours = HPSv21(ckpt)
     got = ours(x, PROMPTS)
     ref = torch.tensor([img_score.score([pil(xi)], p, cp=str(ckpt), hps_version="v2.1")[0] for xi, p in zip(x, PROMPTS)])
+    img_score.model_dict.pop("model")  # free hpsv2's copy before the next ViT-H is built
     assert ref.std() > 1e-3  # random weights still separate the pairs, so the comparison can fail
     torch.testing.assert_close(got, ref, atol=2e-5, rtol=0)  # fp32 on both sides; batched vs one at a time
     assert "sha256:" in ours.checkpoint and ours.name == "hps"
@@ -200,19 +202,19 @@ def pickscore_folders(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("pick")
     torch.manual_seed(2)
-    model = CLIPModel(CLIPConfig(**PICK_CONFIG)).eval()
-    model.save_pretrained(root / "PickScore_v1")
-    return model, root / "PickScore_v1", clip_processor(root / "processor")
+    CLIPModel(CLIPConfig(**PICK_CONFIG)).save_pretrained(root / "PickScore_v1")
+    return root / "PickScore_v1", clip_processor(root / "processor")
 
 
 def test_pickscore_equals_the_model_card_recipe_in_every_scale(pickscore_folders):
-    from transformers import AutoProcessor
+    from transformers import AutoModel, AutoProcessor
 
-    model, folder, proc_dir = pickscore_folders
-    processor = AutoProcessor.from_pretrained(proc_dir)
+    folder, proc_dir = pickscore_folders
+    processor = AutoProcessor.from_pretrained(proc_dir)  # PickScore's published inference code from here on
+    model = AutoModel.from_pretrained(folder).eval()
     x = images(3)
     ref = []
-    with torch.no_grad():  # PickScore's published inference code, one prompt and one image at a time
+    with torch.no_grad():  # one prompt and one image at a time
         for xi, p in zip(x, PROMPTS):
             image_inputs = processor(images=[pil(xi)], padding=True, truncation=True, max_length=77, return_tensors="pt")
             text_inputs = processor(text=p, padding=True, truncation=True, max_length=77, return_tensors="pt")
@@ -222,6 +224,7 @@ def test_pickscore_equals_the_model_card_recipe_in_every_scale(pickscore_folders
             text_embs = text_embs / torch.norm(text_embs, dim=-1, keepdim=True)
             ref.append((model.logit_scale.exp() * (text_embs @ image_embs.T)[0]).item())
     ref = torch.tensor(ref)
+    del model
     assert ref.std() > 1e-2
     raw = PickScore(folder, proc_dir)
     torch.testing.assert_close(raw(x, PROMPTS), ref, atol=3e-4, rtol=0)  # ~14 x cosine: fp32 noise scaled by 14
@@ -234,7 +237,7 @@ def test_pickscore_equals_the_model_card_recipe_in_every_scale(pickscore_folders
 def test_pickscore_refuses_missing_and_partial_weights(pickscore_folders, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    _, folder, proc_dir = pickscore_folders
+    folder, proc_dir = pickscore_folders
     with pytest.raises(RewardCheckpointError, match="yuvalkirstain/PickScore_v1"):
         PickScore(tmp_path / "PickScore_v1", proc_dir)
     partial = tmp_path / "partial"
@@ -252,7 +255,7 @@ def test_pickscore_refuses_missing_and_partial_weights(pickscore_folders, tmp_pa
 def test_registry_shares_pickscore_and_lays_out_hub_folders(pickscore_folders, tmp_path):
     from g2rpo.rewards.registry import PAPER_REWARDS, RewardPaths, paper_rewards
 
-    _, folder, proc_dir = pickscore_folders
+    folder, proc_dir = pickscore_folders
     got = paper_rewards(["pickscore_26", "pickscore"], RewardPaths(pickscore=str(folder), pickscore_processor=str(proc_dir)))
     assert got["pickscore"].model is got["pickscore_26"].model and got["pickscore_26"].divisor == 26
     paths = RewardPaths.under(tmp_path)
