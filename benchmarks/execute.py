@@ -104,9 +104,8 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
         if method is not None:
             trainer = Trainer(policy, tier.text, method, tier.rewards, shared, tier.train_prompts)  # reference = base
             if state is not None:
-                policy.load_state_dict(state["policy"])
-                trainer.opt.load_state_dict(state["opt"])
-                trainer.round_idx, cum_nfe, done_train_s = state["round"], state["cum_nfe"], state["train_s"]
+                trainer.load_state_dict(state)
+                cum_nfe, done_train_s = state["cum_nfe"], state["train_s"]
             bar = tqdm(range(trainer.round_idx, spec.rounds), desc=f"{spec.method}:{spec.variant}:seed{spec.seed}",
                        initial=trainer.round_idx, total=spec.rounds, leave=False)
             first = next(iter(shared.rewards))
@@ -116,8 +115,7 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
                 metrics = {f"train/{k}": float(v) for k, v in m.items() if k != "round"}
                 train_s = done_train_s + time.perf_counter() - t0
                 rec.metrics(local, metrics | {"train/cum_nfe": cum_nfe, "train/wall_s": train_s}, step=r)
-                save_checkpoint(ckpt, {"round": r + 1, "policy": policy.state_dict(), "opt": trainer.opt.state_dict(),
-                                       "cum_nfe": cum_nfe, "train_s": train_s})
+                save_checkpoint(ckpt, trainer.state_dict() | {"cum_nfe": cum_nfe, "train_s": train_s})
                 bar.set_postfix({first: f"{m[f'reward/{first}']:.4f}"})
         t_train = time.perf_counter() - t0
         policy.eval()

@@ -186,6 +186,18 @@ class Trainer:
             "nonfinite_grad_steps": nonfinite_steps,
         }
 
+    def state_dict(self) -> dict:
+        """What continuing exactly needs: the policy's weights (adapters included), the optimizer, the round counter.
+        Randomness needs no state: every stream is a function of (seed, stream, round, prompt)."""
+        return {"round": self.round_idx, "policy": self.policy.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``. Build the Trainer on the base model first: Flow-GRPO's KL reference is taken
+        from the policy the Trainer was built with."""
+        self.policy.load_state_dict(state["policy"])
+        self.opt.load_state_dict(state["opt"])
+        self.round_idx = int(state["round"])
+
     def train(self, rounds: int | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:
         history = []
         for _ in range(self.shared.rounds if rounds is None else rounds):
