@@ -1,4 +1,9 @@
-"""Model tiers: what a preset's ``model`` name loads (policy, text encoder, rewards, prompt sets)."""
+"""Model tiers: what a preset's ``model`` name loads (policy, text encoder, rewards, prompt sets).
+
+'flux-dev' and 'sd35' load FLUX.1-dev and SD3.5-medium through diffusers (``g2rpo.models.pipelines``), configured by
+G2RPO_FLUX_DIR / G2RPO_SD35_DIR, G2RPO_TRAIN_PROMPTS, G2RPO_EVAL_PROMPTS, G2RPO_REWARD_DIR, G2RPO_RESOLUTION and
+G2RPO_TEXT_CACHE (described there).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,7 +54,19 @@ def _pocket() -> Tier:
     return Tier("pocket", make_policy, text_encoder(), pocket_rewards(), prompts("train"), prompts("heldout"))
 
 
-LOADERS: dict[str, Callable[[], Tier]] = {"tiny": _tiny, "pocket": _pocket}
+def _flux_dev() -> Tier:
+    from .models.pipelines import FLUX, tier_from_env
+
+    return tier_from_env(FLUX)
+
+
+def _sd35() -> Tier:
+    from .models.pipelines import SD35, tier_from_env
+
+    return tier_from_env(SD35)
+
+
+LOADERS: dict[str, Callable[[], Tier]] = {"tiny": _tiny, "pocket": _pocket, "flux-dev": _flux_dev, "sd35": _sd35}
 
 
 def load_tier(name: str) -> Tier:
