@@ -66,7 +66,8 @@ PRESETS: dict[str, Preset] = {
         seeds=2,
     ),
     "paper": Preset(
-        shared=SharedConfig(model="flux-dev", num_steps=16, shift=3.0, num_generations=12, prompts_per_round=1,
+        # 16 prompts per round: the paper's one prompt per GPU on 16 GPUs (torchrun splits a round's prompts)
+        shared=SharedConfig(model="flux-dev", num_steps=16, shift=3.0, num_generations=12, prompts_per_round=16,
                             rounds=300, rewards={"hps": 1.0, "clip": 1.0}, precision="bf16"),
         knobs={"g2rpo": {"eta": 0.7, "eta_step_list": tuple(range(8)), "granular_list": (1, 2, 3)}},
         eval=EvalSettings(num_prompts=400, steps=50),
