@@ -26,6 +26,7 @@ from .policy import Cond, FlowPolicy
 
 SIDECAR = "g2rpo_policy.json"
 NEGATIVE = "negative_prompt_embeds.safetensors"
+LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def _sidecar(policy: FlowPolicy, method: str | None, round_idx: int | None) -> dict:
@@ -58,7 +59,8 @@ def export_diffusers(policy: FlowPolicy, folder: Path, method: str | None = None
     if not isinstance(policy, (FluxPolicy, SD3Policy)):
         raise TypeError(f"export_diffusers takes a FluxPolicy or SD3Policy, got {type(policy).__name__}")
     if getattr(policy.transformer, "peft_config", None):
-        raise NotImplementedError("the transformer carries LoRA adapters; merge them before exporting")
+        raise ValueError("the transformer carries LoRA adapters: export them with export_lora (diffusers' LoRA "
+                         "format, loaded by the pipeline's load_lora_weights), or merge them first")
     folder = Path(folder)
     if folder.exists() and not (folder / SIDECAR).is_file():  # never replace a folder this did not write
         raise FileExistsError(f"{folder} exists and is not an export (no {SIDECAR}); choose another folder")
@@ -116,3 +118,35 @@ def load_exported(folder: Path, decoder=None) -> FlowPolicy:
         return SD3Policy(transformer, tuple(meta["latent_shape"]), negative, meta["guidance_scale"],
                          meta["timestep_convention"], decoder)
     raise ValueError(f"{folder / SIDECAR}: unknown policy class {meta['policy']!r}")
+
+
+def export_lora(policy: FlowPolicy, folder: Path) -> Path:
+    """Write the policy's LoRA adapter in diffusers' LoRA format (``pytorch_lora_weights.safetensors`` via the
+    pipeline class's ``save_lora_weights``), which ``FluxPipeline`` / ``StableDiffusion3Pipeline.load_lora_weights``
+    load onto the base model. Written to a temporary folder and renamed, like ``export_diffusers``."""
+    from peft.utils import get_peft_model_state_dict
+
+    if not getattr(policy.transformer, "peft_config", None):
+        raise ValueError("the policy has no LoRA adapter; use export_diffusers for the full transformer")
+    if isinstance(policy, FluxPolicy):
+        from diffusers import FluxPipeline as Pipeline
+    elif isinstance(policy, SD3Policy):
+        from diffusers import StableDiffusion3Pipeline as Pipeline
+    else:
+        raise TypeError(f"export_lora takes a FluxPolicy or SD3Policy, got {type(policy).__name__}")
+    folder = Path(folder)
+    if folder.exists() and not (folder / LORA_FILE).is_file():  # never delete a folder this did not write
+        raise FileExistsError(f"{folder} exists and is not a LoRA export (no {LORA_FILE}); choose another folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.export-tmp")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # the metadata carries lora_alpha: without it diffusers assumes alpha = rank and loads a different scale
+        config = next(iter(policy.transformer.peft_config.values())).to_dict()
+        Pipeline.save_lora_weights(tmp, transformer_lora_layers=get_peft_model_state_dict(policy.transformer),
+                                   transformer_lora_adapter_metadata=config)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -215,3 +215,31 @@ def test_bf16_autocast_is_close_and_returns_fp32():
         assert torch.equal(policy(x, sigma, cond), v32)
     with autocast("fp32"):
         assert torch.equal(policy(x, sigma, cond), v32)
+
+
+def test_lora_exports_in_diffusers_format_and_the_pipeline_loads_it(tmp_path):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    from g2rpo.export import LORA_FILE, export_diffusers, export_lora
+    from g2rpo.models.flux import FluxPolicy
+
+    policy = add_lora(tiny_flux_policy(0), rank=4, alpha=8)
+    with torch.no_grad():  # B = 0 at init: move the adapter so the export carries something
+        for p in adapter_parameters(policy).values():
+            p.add_(torch.randn_like(p) * 0.05)
+    out = export_lora(policy, tmp_path / "lora")
+    assert (out / LORA_FILE).is_file()
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=None, text_encoder=None, tokenizer=None,
+                        text_encoder_2=None, tokenizer_2=None, transformer=tiny_flux_policy(0).transformer)
+    pipe.load_lora_weights(str(out))  # diffusers' own loader, onto a fresh base model
+    loaded = FluxPolicy(pipe.transformer, policy.latent_shape, policy.patch)
+    x, sigma, cond = inputs()
+    with torch.no_grad():
+        want, got, base = policy(x, sigma, cond), loaded(x, sigma, cond), tiny_flux_policy(0)(x, sigma, cond)
+    assert (want - base).abs().max() > 1e-4  # the adapter changes the velocity ...
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)  # ... and diffusers' loaded adapter does the same
+    with pytest.raises(ValueError, match="export_lora"):
+        export_diffusers(policy, tmp_path / "full")
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(FileExistsError, match="not a LoRA export"):
+        export_lora(policy, tmp_path / "mine")
