@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 
@@ -42,7 +43,10 @@ def remove_stale(folder: Path) -> list[Path]:
     for tmp in Path(folder).glob(".*.*.tmp"):
         pid = tmp.name.rsplit(".", 2)[-2]
         if pid.isdigit() and not alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir():  # a killed writer's temporary folder (e.g. a half-written export)
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
 

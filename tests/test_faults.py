@@ -92,3 +92,21 @@ def test_out_of_range_knobs_are_refused(name, knob, value):
 def test_group_of_one_is_refused():
     with pytest.raises(ValueError, match="num_generations must be >= 2"):
         make_method("g2rpo", {}, eta_step_list=(0,)).validate(shared(num_generations=1))
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_files_and_folders(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from g2rpo.files import remove_stale
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has exited
+    (tmp_path / f".a.json.{pid}.tmp").write_text("half")
+    (tmp_path / f".model.{pid}.tmp").mkdir()
+    (tmp_path / f".model.{pid}.tmp" / "weights").write_text("half")
+    mine = tmp_path / f".b.json.{os.getpid()}.tmp"  # a live writer's file is left alone
+    mine.write_text("in progress")
+    assert sorted(p.name for p in remove_stale(tmp_path)) == sorted([f".a.json.{pid}.tmp", f".model.{pid}.tmp"])
+    assert [p.name for p in tmp_path.iterdir()] == [mine.name]
