@@ -13,6 +13,7 @@ temporaries of killed writers are removed by that next export.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -54,16 +55,14 @@ def _remove_stale(folder: Path) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export_diffusers(policy: FlowPolicy, folder: Path, method: str | None = None, round_idx: int | None = None) -> Path:
-    """Write ``policy``'s transformer (diffusers ``save_pretrained``, safetensors) and its sidecar to ``folder``."""
-    if not isinstance(policy, (FluxPolicy, SD3Policy)):
-        raise TypeError(f"export_diffusers takes a FluxPolicy or SD3Policy, got {type(policy).__name__}")
-    if getattr(policy.transformer, "peft_config", None):
-        raise ValueError("the transformer carries LoRA adapters: export them with export_lora (diffusers' LoRA "
-                         "format, loaded by the pipeline's load_lora_weights), or merge them first")
+@contextlib.contextmanager
+def _folder_writer(folder: Path, marker: str, what: str):
+    """Yields a temporary folder beside ``folder``; when the block completes it replaces ``folder`` by two renames
+    (a directory cannot be renamed onto a non-empty one), and a failure puts the previous export back. Refuses to
+    replace a folder without ``marker`` (one this module did not write)."""
     folder = Path(folder)
-    if folder.exists() and not (folder / SIDECAR).is_file():  # never replace a folder this did not write
-        raise FileExistsError(f"{folder} exists and is not an export (no {SIDECAR}); choose another folder")
+    if folder.exists() and not (folder / marker).is_file():  # never replace a folder this did not write
+        raise FileExistsError(f"{folder} exists and is not {what} (no {marker}); choose another folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(folder)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.export-tmp")
@@ -71,17 +70,9 @@ def export_diffusers(policy: FlowPolicy, folder: Path, method: str | None = None
     moved = False
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        policy.transformer.save_pretrained(tmp, safe_serialization=True)
-        if isinstance(policy, SD3Policy):
-            from safetensors.torch import save_file
-
-            neg = policy.negative
-            save_file({"prompt_embeds": neg.tokens.detach().contiguous(),
-                       "pooled_prompt_embeds": neg.pooled.detach().contiguous()}, str(tmp / NEGATIVE))
-        meta = _sidecar(policy, method, round_idx)
-        (tmp / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
+        yield tmp
         if folder.exists():
-            os.replace(folder, old)  # a directory cannot be renamed onto a non-empty one
+            os.replace(folder, old)
             moved = True
         os.replace(tmp, folder)
         moved = False
@@ -90,7 +81,25 @@ def export_diffusers(policy: FlowPolicy, folder: Path, method: str | None = None
             os.replace(old, folder)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-    return folder
+
+
+def export_diffusers(policy: FlowPolicy, folder: Path, method: str | None = None, round_idx: int | None = None) -> Path:
+    """Write ``policy``'s transformer (diffusers ``save_pretrained``, safetensors) and its sidecar to ``folder``."""
+    if not isinstance(policy, (FluxPolicy, SD3Policy)):
+        raise TypeError(f"export_diffusers takes a FluxPolicy or SD3Policy, got {type(policy).__name__}")
+    if getattr(policy.transformer, "peft_config", None):
+        raise ValueError("the transformer carries LoRA adapters: export them with export_lora (diffusers' LoRA "
+                         "format, loaded by the pipeline's load_lora_weights), or merge them first")
+    with _folder_writer(folder, SIDECAR, "an export") as tmp:
+        policy.transformer.save_pretrained(tmp, safe_serialization=True)
+        if isinstance(policy, SD3Policy):
+            from safetensors.torch import save_file
+
+            neg = policy.negative
+            save_file({"prompt_embeds": neg.tokens.detach().contiguous(),
+                       "pooled_prompt_embeds": neg.pooled.detach().contiguous()}, str(tmp / NEGATIVE))
+        (tmp / SIDECAR).write_text(json.dumps(_sidecar(policy, method, round_idx), indent=2) + "\n")
+    return Path(folder)
 
 
 def load_exported(folder: Path, decoder=None) -> FlowPolicy:
@@ -123,7 +132,7 @@ def load_exported(folder: Path, decoder=None) -> FlowPolicy:
 def export_lora(policy: FlowPolicy, folder: Path) -> Path:
     """Write the policy's LoRA adapter in diffusers' LoRA format (``pytorch_lora_weights.safetensors`` via the
     pipeline class's ``save_lora_weights``), which ``FluxPipeline`` / ``StableDiffusion3Pipeline.load_lora_weights``
-    load onto the base model. Written to a temporary folder and renamed, like ``export_diffusers``."""
+    load onto the base model. Written and replaced as ``export_diffusers`` writes."""
     from peft.utils import get_peft_model_state_dict
 
     if not getattr(policy.transformer, "peft_config", None):
@@ -134,19 +143,9 @@ def export_lora(policy: FlowPolicy, folder: Path) -> Path:
         from diffusers import StableDiffusion3Pipeline as Pipeline
     else:
         raise TypeError(f"export_lora takes a FluxPolicy or SD3Policy, got {type(policy).__name__}")
-    folder = Path(folder)
-    if folder.exists() and not (folder / LORA_FILE).is_file():  # never delete a folder this did not write
-        raise FileExistsError(f"{folder} exists and is not a LoRA export (no {LORA_FILE}); choose another folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.export-tmp")
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _folder_writer(folder, LORA_FILE, "a LoRA export") as tmp:
         # the metadata carries lora_alpha: without it diffusers assumes alpha = rank and loads a different scale
         config = next(iter(policy.transformer.peft_config.values())).to_dict()
         Pipeline.save_lora_weights(tmp, transformer_lora_layers=get_peft_model_state_dict(policy.transformer),
                                    transformer_lora_adapter_metadata=config)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return Path(folder)
