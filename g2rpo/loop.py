@@ -95,7 +95,8 @@ class Trainer:
         """One round. Returns the metrics logged for it."""
         r, shared, policy, dp = self.round_idx, self.shared, self.policy, self.dp
         ids = dp.shard(shared.prompts_per_round)  # this rank's prompts of the round
-        prompts = [round_prompts(self.prompts, shared, r)[i] for i in ids]
+        round_all = round_prompts(self.prompts, shared, r)
+        prompts = [round_all[i] for i in ids]
         cond = self.text(prompts)
         policy.reset_counts()
         if self.method.reference is not None:
