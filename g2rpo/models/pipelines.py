@@ -41,6 +41,7 @@ import torch
 
 from ..policy import Cond, TextEncoder
 from ..rewards.registry import PAPER_REWARDS, RewardPaths, paper_rewards
+from ..rewards.weights import is_hub_id
 from ..textcache import DiskCachedTextEncoder
 from ..tiers import Tier
 from .flux import FluxPolicy
@@ -91,7 +92,7 @@ def resolve(spec: str | Path, kind: Kind) -> Path:
     repositories also hold single-file checkpoints of the same weights) when the network allows it."""
     path = Path(spec).expanduser()
     expected = f"a diffusers {kind.pipeline} folder with {', '.join(kind.parts)} (as {kind.hub_id}); set {kind.env}"
-    if not path.exists() and str(spec).count("/") == 1 and not str(spec).startswith((".", "/", "~")):
+    if not path.exists() and is_hub_id(spec):
         try:
             import huggingface_hub as hub
 

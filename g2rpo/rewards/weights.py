@@ -18,6 +18,11 @@ class RewardCheckpointError(CheckpointError):
     """A reward model's weights are missing, unreadable or of another architecture."""
 
 
+def is_hub_id(spec: str | Path) -> bool:
+    """Whether ``spec`` reads as a hub repository id ('org/name') rather than a path; callers check paths first."""
+    return str(spec).count("/") == 1 and not str(spec).startswith((".", "/", "~"))
+
+
 def locate(spec: str | Path, expected: str, source: str, filename: str | None = None) -> Path:
     """The local file or folder ``spec``; or, when ``spec`` is a hub id ('org/name') and the network allows it, the
     downloaded file ``filename`` (or the whole repository). Errors name what is expected and where it comes from."""
@@ -28,7 +33,7 @@ def locate(spec: str | Path, expected: str, source: str, filename: str | None = 
             if not path.is_file():
                 raise RewardCheckpointError(f"{path} is missing: expected {expected} ({source})")
         return path
-    if str(spec).count("/") == 1 and not str(spec).startswith((".", "/", "~")):
+    if is_hub_id(spec):
         try:
             import huggingface_hub as hub
 
