@@ -1,6 +1,6 @@
 """Rollout performance, measured side by side in one run: ``python -m benchmarks.perf [--json] [--out results/perf.md]``.
 
-- ``speedup_batched_vs_loop``: G2RPO rollout wall-clock one sample at a time (the official loop's structure,
+- ``speedup_batched_vs_loop``: median G2RPO rollout wall-clock one sample at a time (the official loop's structure,
   ``rollout_mode=reference``) over the batched rollout, on the same prompts and noise; outputs must agree to 1e-5.
 - ``mfu``: model FLOPs of the batched rollout (analytic, ``flux_forward_flops``) per second over the peak fp32
   matrix-multiply FLOP/s measured here on the same threads.
@@ -40,6 +40,15 @@ GRIDS = {  # (G, Lambda sets, M sets) of the cost-model fit
 }
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the platform's machine string."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(x.split(":", 1)[1].strip() for x in lines if x.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def peak_matmul_flops(sizes=(512, 1024, 2048), reps: int = 5) -> float:
     """Best fp32 FLOP/s of square torch.mm over a few sizes on the current threads."""
     best = 0.0
@@ -53,49 +62,59 @@ def peak_matmul_flops(sizes=(512, 1024, 2048), reps: int = 5) -> float:
     return best
 
 
-def timed(fn, reps: int):
-    """(best seconds over reps after one warm-up call, last result)."""
-    out, best = fn(), float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+BATCHES = (1, 8, 32, 64, 128)  # forward-throughput curve; the rollout's calls are 2..P*|M|*|Lambda|*G rows
 
 
-def forward_throughput(policy, cond, batch: int, rows: int = 256) -> float:
-    """Rows per second of plain no-grad forwards at one batch size (same prompt, mid-schedule sigma)."""
-    x, c = torch.randn(batch, *policy.latent_shape), cond[[0] * batch]
+def forward_throughput(policy, cond, batches=BATCHES, reps: int = 3, rows: int = 256) -> dict[int, float]:
+    """Median rows per second of plain no-grad forwards per batch size (same prompt, mid-schedule sigma).
+
+    Batch sizes are interleaved within each repetition, so a slow spell of a shared machine hits all of them."""
+    runs: dict[int, list[float]] = {b: [] for b in batches}
     with torch.no_grad():
-        sec, _ = timed(lambda: [policy(x, torch.full((batch,), 0.5), c) for _ in range(max(1, rows // batch))], 2)
-    return batch * max(1, rows // batch) / sec
+        for _ in range(reps):
+            for b in batches:
+                x, c, s = torch.randn(b, *policy.latent_shape), cond[[0] * b], torch.full((b,), 0.5)
+                policy(x, s, c)
+                n = max(1, rows // b)
+                t = time.perf_counter()
+                for _ in range(n):
+                    policy(x, s, c)
+                runs[b].append(b * n / (time.perf_counter() - t))
+    return {b: float(np.median(r)) for b, r in runs.items()}
 
 
 def rollout_speed(tier, p, reps: int) -> dict:
+    """G2RPO rollout, batched vs the one-sample loop: ``reps`` interleaved pairs after a warm-up, medians of both."""
     shared = p.shared
     prompts = round_prompts(tier.train_prompts, shared, 0)
     policy = tier.make_policy().eval()
     cond, noise = tier.text(prompts), initial_noise(shared, 0, policy.latent_shape)
-    res = {}
-    for mode in ("batched", "reference"):
-        m = make_method("g2rpo", p.knobs, rollout_mode=mode)
-        with torch.no_grad():
-            run = lambda: m.rollout(policy, cond, noise, PromptNoise(shared.seed, "sde", 0, range(len(prompts))), shared)  # noqa: E731
-            policy.reset_counts()
-            res[mode] = timed(run, reps if mode == "batched" else 1)
-            res[mode + "_rows"] = policy.calls["rollout"] // (1 + (reps if mode == "batched" else 1))
-    a, b = res["batched"][1], res["reference"][1]
+    modes = ("batched", "reference")
+    methods = {mode: make_method("g2rpo", p.knobs, rollout_mode=mode) for mode in modes}
+    secs: dict[str, list[float]] = {mode: [] for mode in modes}
+    rows, out = {}, {}
+    with torch.no_grad():
+        for rep in range(reps + 1):
+            for mode in modes:
+                policy.reset_counts()
+                t = time.perf_counter()
+                out[mode] = methods[mode].rollout(policy, cond, noise, PromptNoise(shared.seed, "sde", 0, range(len(prompts))), shared)
+                if rep:  # the first pair warms up
+                    secs[mode].append(time.perf_counter() - t)
+                rows[mode] = policy.calls["rollout"]
+    a, b = out["batched"], out["reference"]
     diff = max((a.images - b.images).abs().max().item(), (a.transitions.x_next - b.transitions.x_next).abs().max().item(),
                (a.transitions.log_prob_old - b.transitions.log_prob_old).abs().max().item())
-    flops = res["batched_rows"] * flux_forward_flops(policy.transformer.config, policy.img_ids.shape[0], cond.tokens.shape[1])
-    tp1, tp64 = forward_throughput(policy, cond, 1), forward_throughput(policy, cond, 64)
-    # if every call ran at the batch-64 rate and the loop at the batch-1 rate, nothing else costing time:
-    bound = (res["reference_rows"] / tp1) / (res["batched_rows"] / tp64)
-    return {"forward_rows_per_s_batch1": tp1, "forward_rows_per_s_batch64": tp64, "speedup_bound_from_throughput": bound,
-            "rollout_s_batched": res["batched"][0], "rollout_s_loop": res["reference"][0],
-            "speedup_batched_vs_loop": res["reference"][0] / res["batched"][0], "max_abs_diff": diff,
-            "rollout_rows_batched": res["batched_rows"], "rollout_rows_loop": res["reference_rows"],
-            "rollout_gflop": flops / 1e9, "rollout_gflops_per_s": flops / res["batched"][0] / 1e9}
+    sec = {mode: float(np.median(s)) for mode, s in secs.items()}
+    flops = rows["batched"] * flux_forward_flops(policy.transformer.config, policy.img_ids.shape[0], cond.tokens.shape[1])
+    tp = forward_throughput(policy, cond)
+    # if the loop ran at the batch-1 rate and every batched call at the best batched rate, nothing else costing time:
+    bound = (rows["reference"] / tp[1]) / (rows["batched"] / max(v for k, v in tp.items() if k > 1))
+    return {"forward_rows_per_s": tp, "speedup_bound_from_throughput": bound,
+            "rollout_s_batched": sec["batched"], "rollout_s_loop": sec["reference"], "rollout_reps": reps,
+            "speedup_batched_vs_loop": sec["reference"] / sec["batched"], "max_abs_diff": diff,
+            "rollout_rows_batched": rows["batched"], "rollout_rows_loop": rows["reference"],
+            "rollout_gflop": flops / 1e9, "rollout_gflops_per_s": flops / sec["batched"] / 1e9}
 
 
 def round_times(tier, p, method: str, rounds: int = 2, num_generations: int | None = None, **knobs) -> dict:
@@ -146,14 +165,15 @@ def runner_peak_rss(preset_name: str, threads: int) -> float:
 
 def markdown(res: dict, command: str) -> str:
     m = res["methods"]
+    curve = ", ".join(f"{b}: {v:.0f}" for b, v in res["forward_rows_per_s"].items())
     lines = ["# Rollout performance", "", "Made by:", "", "```bash", command, "```", "",
              f"{res['machine']}; torch {res['torch']}, {res['threads']} threads; preset `{res['preset']}`. "
              "All numbers measured in this one run, side by side.", "",
              "| metric | value | target |", "|---|---|---|",
              f"| speedup_batched_vs_loop (G²RPO rollout, one sample at a time / batched) | {res['speedup_batched_vs_loop']:.2f}"
-             f" ({res['rollout_s_loop']:.2f} s / {res['rollout_s_batched']:.2f} s; max abs diff {res['max_abs_diff']:.1e}) | ≥ 3 |",
-             f"| speedup bound from forward throughput alone ({res['forward_rows_per_s_batch1']:.0f} rows/s at batch 1, "
-             f"{res['forward_rows_per_s_batch64']:.0f} at batch 64) | {res['speedup_bound_from_throughput']:.2f} | |",
+             f" (medians of {res['rollout_reps']} interleaved runs: {res['rollout_s_loop']:.2f} s / {res['rollout_s_batched']:.2f} s; max abs diff {res['max_abs_diff']:.1e}) | ≥ 3 |",
+             f"| speedup bound from forward throughput alone (rows/s by batch size: {curve}) "
+             f"| {res['speedup_bound_from_throughput']:.2f} | |",
              f"| mfu (rollout model FLOP/s ÷ peak fp32 matmul FLOP/s) | {res['mfu']:.3f} ({res['rollout_gflops_per_s']:.1f} ÷ "
              f"{res['peak_gflops']:.1f} GFLOP/s) | ≥ 0.5 |",
              f"| r2_cost_model (round time ~ rollout NFE + train NFE + images, {len(res['cost_model_points'])} configs) "
@@ -174,7 +194,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="pocket", help=f"one of {', '.join(sorted(PRESETS))}")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=3, help="timed repetitions of the batched rollout (best is kept)")
+    ap.add_argument("--reps", type=int, default=3, help="timed pairs of loop and batched rollouts (medians are reported)")
     ap.add_argument("--quick", action="store_true", help="a small cost-model grid (for tests)")
     ap.add_argument("--skip-rss", action="store_true", help="do not run the benchmark runner for peak RSS")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -191,7 +211,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     command = "python -m benchmarks.perf " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     res = {"preset": a.preset, "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "machine": f"{platform.machine()} {platform.processor() or ''} ".strip() + f", {torch.get_num_threads()} threads"}
+           "machine": cpu_name()}
     res["peak_gflops"] = peak_matmul_flops() / 1e9
     res |= rollout_speed(tier, p, a.reps)
     res["mfu"] = res["rollout_gflops_per_s"] / res["peak_gflops"]
