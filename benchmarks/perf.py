@@ -3,7 +3,7 @@
 - ``speedup_batched_vs_loop``: median G2RPO rollout wall-clock one sample at a time (the official loop's structure,
   ``rollout_mode=reference``) over the batched rollout, on the same prompts and noise; outputs must agree to 1e-5.
 - ``mfu``: model FLOPs of the batched rollout (analytic, ``flux_forward_flops``) per second over the peak fp32
-  matrix-multiply FLOP/s measured here on the same threads.
+  matrix-multiply FLOP/s measured on the same threads between the timed rollouts (median), so both see the same clock.
 - ``r2_cost_model``: R² of measured G2RPO round time against the cost accounting (rollout NFE, train NFE, images
   scored and a per-round constant; non-negative least squares) over G x |Lambda| x |M|.
 - per-method seconds per round (rollout, reward, update) on the preset's shared settings.
@@ -92,9 +92,10 @@ def rollout_speed(tier, p, reps: int) -> dict:
     modes = ("batched", "reference")
     methods = {mode: make_method("g2rpo", p.knobs, rollout_mode=mode) for mode in modes}
     secs: dict[str, list[float]] = {mode: [] for mode in modes}
-    rows, out = {}, {}
+    rows, out, peaks = {}, {}, []
     with torch.no_grad():
         for rep in range(reps + 1):
+            peaks.append(peak_matmul_flops())  # beside the rollouts: sustained load lowers the clock of these CPUs
             for mode in modes:
                 policy.reset_counts()
                 t = time.perf_counter()
@@ -110,7 +111,7 @@ def rollout_speed(tier, p, reps: int) -> dict:
     tp = forward_throughput(policy, cond)
     # if the loop ran at the batch-1 rate and every batched call at the best batched rate, nothing else costing time:
     bound = (rows["reference"] / tp[1]) / (rows["batched"] / max(v for k, v in tp.items() if k > 1))
-    return {"forward_rows_per_s": tp, "speedup_bound_from_throughput": bound,
+    return {"forward_rows_per_s": tp, "speedup_bound_from_throughput": bound, "peak_gflops": float(np.median(peaks)) / 1e9,
             "rollout_s_batched": sec["batched"], "rollout_s_loop": sec["reference"], "rollout_reps": reps,
             "speedup_batched_vs_loop": sec["reference"] / sec["batched"], "max_abs_diff": diff,
             "rollout_rows_batched": rows["batched"], "rollout_rows_loop": rows["reference"],
@@ -194,7 +195,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="pocket", help=f"one of {', '.join(sorted(PRESETS))}")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=3, help="timed pairs of loop and batched rollouts (medians are reported)")
+    ap.add_argument("--reps", type=int, default=5, help="timed pairs of loop and batched rollouts (medians are reported)")
     ap.add_argument("--quick", action="store_true", help="a small cost-model grid (for tests)")
     ap.add_argument("--skip-rss", action="store_true", help="do not run the benchmark runner for peak RSS")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -212,7 +213,6 @@ def main(argv=None) -> int:
     command = "python -m benchmarks.perf " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     res = {"preset": a.preset, "threads": torch.get_num_threads(), "torch": torch.__version__,
            "machine": cpu_name()}
-    res["peak_gflops"] = peak_matmul_flops() / 1e9
     res |= rollout_speed(tier, p, a.reps)
     res["mfu"] = res["rollout_gflops_per_s"] / res["peak_gflops"]
     res["methods"] = {m: round_times(tier, p, m) for m in METHODS}
