@@ -50,14 +50,16 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: P
     module.load_state_dict(state, strict=True)
 
 
-def save_policy(policy: torch.nn.Module, path: Path, meta: dict) -> Path:
-    """Weights (safetensors) and their metadata (JSON beside them), each written atomically."""
+def save_policy(policy: torch.nn.Module, path: Path, meta: dict, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Weights (safetensors) and their metadata (JSON beside them), each written atomically. ``state`` replaces
+    ``policy.state_dict()`` (e.g. the full weights gathered from FSDP shards)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = policy.state_dict() if state is None else state
     with atomic(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in policy.state_dict().items()}, str(tmp))
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp))
     write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str) + "\n")
     return path
 

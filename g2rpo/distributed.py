@@ -8,6 +8,11 @@ trains its own rows of every group with the loss normalised by the group's globa
 across ranks before each step, so every rank takes the step one process would take on all P prompts. The big
 tensors (latents, images) never leave their rank. Every method's rows are prompt-major, which makes a rank's rows
 one contiguous block of the global view.
+
+With ``fsdp`` the policy's parameters, gradients and optimizer states are sharded over the ranks (FSDP2, full
+shard: each transformer block, then the transformer). The reduce-scatter then sums the gradients (divide factor 1),
+and since every forward and backward is a collective, ranks holding fewer rows of a step run zero-weight padding
+chunks so that all ranks make the same number of calls.
 """
 from __future__ import annotations
 
@@ -25,16 +30,60 @@ class DataParallel:
 
     rank: int = 0
     world: int = 1
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer states over the ranks (FSDP2 full shard) instead of replicating them."""
 
     @classmethod
-    def from_env(cls, backend: str | None = None) -> "DataParallel":
+    def from_env(cls, backend: str | None = None, fsdp: bool = False) -> "DataParallel":
         """The torchrun job this process belongs to (process group initialised once), or a single process."""
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         dist = torch.distributed
         if not dist.is_initialized():
             dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
-        return cls(dist.get_rank(), dist.get_world_size())
+        return cls(dist.get_rank(), dist.get_world_size(), fsdp)
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters are sharded (FSDP with more than one rank)."""
+        return self.fsdp and self.world > 1
+
+    def wrap(self, *policies: torch.nn.Module) -> None:
+        """Under FSDP, shard each policy's transformer in place (every block of ``transformer_blocks`` and
+        ``single_transformer_blocks``, then the root); a transformer already sharded is left alone."""
+        if not self.sharded:
+            return
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (self.world,))
+        for policy in policies:
+            tr = policy.transformer
+            if isinstance(tr, FSDPModule):
+                continue
+            for name in ("transformer_blocks", "single_transformer_blocks"):
+                for block in getattr(tr, name, ()):
+                    fully_shard(block, mesh=mesh)
+            fully_shard(tr, mesh=mesh)
+            for m in tr.modules():  # the setting is per FSDP module, not inherited from the root
+                if isinstance(m, FSDPModule):
+                    m.set_gradient_divide_factor(1.0)  # a sum, as one process accumulates: the loss is normalised already
+                    m.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM
+
+    def full_state(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """``module.state_dict()`` with full tensors; under FSDP gathered to rank 0 (a collective; others get {})."""
+        if not self.sharded:
+            return module.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def max(self, n: int) -> int:
+        """The largest ``n`` over ranks."""
+        t = torch.tensor([n])
+        if self.world > 1:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t)
 
     @property
     def main(self) -> bool:
@@ -64,8 +113,9 @@ class DataParallel:
         return t
 
     def sum_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """Sum gradients over ranks in one flat buffer; a rank that trained no row this step contributes zeros."""
-        if self.world == 1:
+        """Sum gradients over ranks in one flat buffer; a rank that trained no row this step contributes zeros. Under
+        FSDP the reduce-scatter has already summed them."""
+        if self.world == 1 or self.sharded:
             return
         for p in params:
             if p.grad is None:

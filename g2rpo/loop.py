@@ -73,12 +73,13 @@ class Trainer:
         self.shared, self.prompts = shared, prompts
         self.dp = dp or DataParallel()
         self.dp.shard(shared.prompts_per_round)  # fails early unless the prompts split evenly over the ranks
+        method.validate(shared)
+        method.setup(policy)  # before sharding: a full fine-tune's KL reference is a copy of the unsharded policy
+        self.dp.wrap(policy, *[m for m in (method.reference,) if m is not None and hasattr(m, "transformer")])
         params = [p for p in policy.parameters() if p.requires_grad]
         o = method.optim
         self.opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         self.round_idx = 0
-        method.validate(shared)
-        method.setup(policy)
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Scores of every in-domain reward. Non-finite scores are kept (the advantages leave them out); a reward
@@ -150,7 +151,10 @@ class Trainer:
                 continue
             self.opt.zero_grad(set_to_none=True)
             chunk_size = self.shared.max_train_batch or max(len(rows), 1)
-            for chunk in rows.split(chunk_size) if len(rows) else ():  # a rank may hold no row of this step
+            chunks = list(rows.split(chunk_size)) if len(rows) else []  # a rank may hold no row of this step
+            # FSDP: every forward/backward is a collective, so all ranks make the same number; padding is row 0, weight 0
+            pad = self.dp.max(len(chunks)) - len(chunks) if self.dp.sharded else 0
+            for i, chunk in enumerate(chunks + [torch.zeros(1, dtype=torch.long)] * pad):
                 c = cond[tr.prompt[chunk].tolist()]
                 v = policy(tr.x[chunk], tr.sigma[chunk], c)
                 L = len(chunk)
@@ -159,9 +163,11 @@ class Trainer:
                                rep(tr.g[chunk]), next_sample=tr.x_next[chunk].reshape(L * n, *shape))
                 per, ratio = ppo_clip_loss(out.log_prob.view(L, n), tr.log_prob_old[chunk], tr.adv[chunk], method.clip_range)
                 per = per + method.extra_loss(policy, tr, chunk, v, c)
-                mask = trained[chunk]
+                mask = trained[chunk] & (i < len(chunks))
                 loss = (per * mask).sum() / weight
                 loss.backward()
+                if i >= len(chunks):
+                    continue
                 losses.append((per * mask).sum().detach())
                 r_sel = ratio.detach()[mask]
                 ratios.append(r_sel)

@@ -2,7 +2,9 @@
 
 The benchmark runner drives many of these; this entry point is for a single run and for checking a config. Under
 ``torchrun --nproc_per_node W -m g2rpo.train ...`` the round's prompts are split over W processes
-(``g2rpo.distributed``) with the single-process result; rank 0 alone prints and writes.
+(``g2rpo.distributed``) with the single-process result; rank 0 alone prints and writes. ``--fsdp`` shards the
+weights, gradients and optimizer states over the processes; ``--checkpoint DIR`` saves the full training state after
+every round (one shard per process) and continues from it when the run is started again.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("--granular-list", type=_ints, help="G2RPO granularities Lambda, e.g. 1,2,3")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads per process")
     ap.add_argument("--save", help="write the trained policy here (safetensors + JSON sidecar)")
+    ap.add_argument("--fsdp", action="store_true", help="under torchrun, shard the model over the processes (FSDP2)")
+    ap.add_argument("--checkpoint", help="save the training state here after every round and resume from it")
     ap.add_argument("--dry-run", action="store_true", help="print the config and the cost per prompt and round, run nothing")
     a = ap.parse_args(argv)
     try:
@@ -60,21 +64,30 @@ def main(argv=None) -> int:
         print(f"error: {e.args[0]}; use --dry-run to see the plan", file=sys.stderr)
         return 2
     torch.set_num_threads(a.threads)
+    from .train_state import load_train_state, save_train_state
+
     try:
-        dp = DataParallel.from_env()
+        dp = DataParallel.from_env(fsdp=a.fsdp)
         trainer = Trainer(tier.make_policy(), tier.text, method, tier.rewards, shared, tier.train_prompts, dp)
-    except ValueError as e:
+        resumed = a.checkpoint is not None and load_train_state(trainer, a.checkpoint)
+    except ValueError as e:  # CheckpointError included
         print(f"error: {e}", file=sys.stderr)
         return 2
     say = print if dp.main else (lambda *_: None)
-    say(json.dumps({k: plan[k] for k in ("method", "shared_digest", "cost_per_prompt_round")} | {"world": dp.world}))
-    for m in trainer.train():
+    say(json.dumps({k: plan[k] for k in ("method", "shared_digest", "cost_per_prompt_round")}
+                   | {"world": dp.world, "fsdp": dp.sharded, "resumed_at_round": trainer.round_idx if resumed else None}))
+    while trainer.round_idx < shared.rounds:
+        m = trainer.train(rounds=1)[0]
         say(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}))
-    if a.save and dp.main:
+        if a.checkpoint:
+            save_train_state(trainer, a.checkpoint, dp)
+    if a.save:
         from .checkpoint import save_policy
 
-        save_policy(trainer.policy, a.save, {"tier": shared.model, "method": method.name, "rounds": trainer.round_idx,
-                                             "in_domain": shared.rewards, "world": dp.world})
+        state = dp.full_state(trainer.policy)  # a collective under FSDP: every rank takes part, rank 0 writes
+        if dp.main:
+            save_policy(trainer.policy, a.save, {"tier": shared.model, "method": method.name, "rounds": trainer.round_idx,
+                                                 "in_domain": shared.rewards, "world": dp.world}, state)
     return 0
 
 

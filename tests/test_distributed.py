@@ -1,33 +1,49 @@
 """torchrun with the gloo backend on CPU: two processes, each rolling out half of a round's prompts, end the round with
-the parameters of one process handling all of them (g2rpo.distributed), for every method."""
+the parameters of one process handling all of them (g2rpo.distributed), for every method, with replicated weights
+(gradients summed by all-reduce) and with FSDP2 (weights, gradients and optimizer states sharded). Under FSDP the
+full training state is checkpointed in shards, and resuming gives the uninterrupted run's weights exactly."""
+import json
 import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from g2rpo.models.flux import tiny_flux_policy
 from g2rpo.registry import METHODS
 
 
-def train(tmp_path, method, world):
-    out = tmp_path / f"{method}-w{world}.safetensors"
+def train(out, method, world, *extra, rounds=2):
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"] if world > 1 \
         else [sys.executable]
-    cmd = [*launch, "-m", "g2rpo.train", "--method", method, "--preset", "smoke", "--rounds", "2", "--threads", "1",
-           "--save", str(out)]
+    cmd = [*launch, "-m", "g2rpo.train", "--method", method, "--preset", "smoke", "--rounds", str(rounds),
+           "--threads", "1", "--save", str(out), *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    assert len(lines) == 3, done.stdout  # rank 0 alone prints: the plan and two rounds
+    lines = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith("{")]
     return load_file(str(out)), lines
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """Each method's weights after two rounds in one process, computed once for both parallel modes."""
+    cache = {}
+
+    def get(method):
+        if method not in cache:
+            cache[method] = train(tmp_path_factory.mktemp("one") / f"{method}.safetensors", method, 1)[0]
+        return cache[method]
+    return get
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
 @pytest.mark.parametrize("method", METHODS)
-def test_two_processes_give_the_parameters_of_one(tmp_path, method):
-    one, _ = train(tmp_path, method, 1)
-    two, lines = train(tmp_path, method, 2)
-    assert '"world": 2' in lines[0] and set(one) == set(two)
+def test_two_processes_give_the_parameters_of_one(tmp_path, one_process, method, fsdp):
+    one = one_process(method)
+    two, lines = train(tmp_path / "two.safetensors", method, 2, *(["--fsdp"] if fsdp else []))
+    assert len(lines) == 3, lines  # rank 0 alone prints: the plan and two rounds
+    assert lines[0]["world"] == 2 and lines[0]["fsdp"] is fsdp and set(one) == set(two)
     start = tiny_flux_policy(0).state_dict()
     move = max((one[k] - start[k]).abs().max().item() for k in one)
     diff = max((one[k] - two[k]).abs().max().item() for k in one)
@@ -35,6 +51,33 @@ def test_two_processes_give_the_parameters_of_one(tmp_path, method):
     # whose gradient is ~0 can move differently: seen up to 3% of the largest move. Without the gradient sum over
     # ranks the two runs differ by 1-2x the move, so 10% separates right from wrong.
     assert move > 1e-6 and diff <= 0.1 * move, (move, diff)
+
+
+@pytest.mark.parametrize("method", ["g2rpo", "flowgrpo"])  # flowgrpo: a sharded KL reference beside the policy
+def test_fsdp_resume_from_sharded_state_is_exact(tmp_path, method):
+    ckpt = tmp_path / "state"
+    whole, _ = train(tmp_path / "whole.safetensors", method, 2, "--fsdp")
+    train(tmp_path / "first.safetensors", method, 2, "--fsdp", "--checkpoint", str(ckpt), rounds=1)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["latest.json", "round-000001"]
+    assert len(list((ckpt / "round-000001").glob("*.distcp"))) == 2  # one shard per process
+    resumed, lines = train(tmp_path / "resumed.safetensors", method, 2, "--fsdp", "--checkpoint", str(ckpt))
+    assert lines[0]["resumed_at_round"] == 1 and [ln["round"] for ln in lines[1:]] == [1]
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_broken_training_state_is_one_line_error(tmp_path):
+    ckpt = tmp_path / "state"
+    cmd = [sys.executable, "-m", "g2rpo.train", "--preset", "smoke", "--threads", "1", "--checkpoint", str(ckpt)]
+    assert subprocess.run([*cmd, "--rounds", "1"], capture_output=True, timeout=300).returncode == 0
+    (shard,) = (ckpt / "round-000001").glob("*.distcp")
+    shard.write_bytes(shard.read_bytes()[:1000])  # truncated
+    (ckpt / "round-000002").mkdir()  # and a save that died before its metadata, pointed at by hand
+    for broken, says in ((None, "holds no usable training state (EOFError)"), ("round-000002", "round-000002 is incomplete")):
+        if broken:
+            (ckpt / "latest.json").write_text(json.dumps({"round": 2, "folder": broken}))
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and says in done.stderr, done.stderr[-2000:]
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_prompts_must_split_evenly(tmp_path):
