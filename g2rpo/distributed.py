@@ -40,8 +40,18 @@ class DataParallel:
             return cls()
         dist = torch.distributed
         if not dist.is_initialized():
+            if torch.cuda.is_available():
+                torch.cuda.set_device(cls().device)  # before NCCL starts, so each process talks from its own GPU
             dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
         return cls(dist.get_rank(), dist.get_world_size(), fsdp)
+
+    @property
+    def device(self) -> torch.device:
+        """Where this process's models run: GPU ``LOCAL_RANK`` when CUDA is available (one GPU per process), else the
+        CPU. Latents, noise and schedules stay on the CPU (see ``FlowPolicy.forward``)."""
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
     @property
     def sharded(self) -> bool:

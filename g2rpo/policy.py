@@ -7,6 +7,7 @@ cost accounting of each method can be checked against real calls.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, fields
 
 import torch
@@ -53,14 +54,26 @@ class FlowPolicy(nn.Module):
         """Rows evaluated without grad ('rollout') and with grad ('train')."""
         self.call_log: list[tuple[bool, torch.Tensor]] = []
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs: its first buffer's or parameter's device (the CPU for a module holding neither)."""
+        for t in itertools.chain(self.buffers(), self.parameters()):
+            return t.device
+        return torch.device("cpu")
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Velocity on ``x``'s device. The core keeps latents, noise and schedules on the CPU; a model on a GPU gets its
+        inputs moved there and its output moved back, which costs little beside a large transformer's forward."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
         grad = torch.is_grad_enabled()
         self.calls["train" if grad else "rollout"] += x.shape[0]
         if self.log_calls:
             self.call_log.append((grad, sigma.detach().clone()))
         t = model_timestep(sigma, self.timestep_convention)
-        return self._velocity(x, t, cond).float()
+        home, dev = x.device, self.device
+        if dev != home:
+            x, t, cond = x.to(dev), t.to(dev), cond.to(dev)
+        return self._velocity(x, t, cond).float().to(home)
 
     def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         raise NotImplementedError

@@ -68,7 +68,9 @@ def main(argv=None) -> int:
 
     try:
         dp = DataParallel.from_env(fsdp=a.fsdp)
-        trainer = Trainer(tier.make_policy(), tier.text, method, tier.rewards, shared, tier.train_prompts, dp)
+        rewards = tier.rewards
+        rewards = rewards.to(dp.device) if hasattr(rewards, "to") else {n: r.to(dp.device) for n, r in rewards.items()}
+        trainer = Trainer(tier.make_policy().to(dp.device), tier.text, method, rewards, shared, tier.train_prompts, dp)
         resumed = a.checkpoint is not None and load_train_state(trainer, a.checkpoint)
     except ValueError as e:  # CheckpointError included
         print(f"error: {e}", file=sys.stderr)

@@ -67,3 +67,25 @@ def test_analytic_flops_equal_torch_flop_counter(guidance):
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:  # math SDPA is counted
         pol(x, torch.full((3,), 0.5), cond)
     assert fc.get_total_flops() == 3 * flux_forward_flops(pol.transformer.config, img_tokens=16, txt_tokens=5)
+
+
+def test_inputs_go_to_the_model_device_and_velocities_come_back():
+    """The device boundary: the core keeps its tensors on the CPU, the model may live elsewhere (meta stands in for a
+    GPU here: the only other device this machine has)."""
+    from g2rpo.policy import FlowPolicy
+
+    seen = {}
+
+    class Elsewhere(FlowPolicy):
+        latent_shape = (3, 4, 4)
+        device = torch.device("meta")
+
+        def _velocity(self, x, t, cond):
+            seen.update(x=x.device, t=t.device, tokens=cond.tokens.device, pooled=cond.pooled.device)
+            return torch.ones(x.shape, dtype=torch.float16)  # what the device computed, here made on the CPU
+
+    cond = Cond(tokens=torch.zeros(2, 5, 8), pooled=torch.zeros(2, 8))
+    v = Elsewhere()(torch.zeros(2, 3, 4, 4), torch.tensor([0.5, 0.7]), cond)
+    assert set(seen.values()) == {torch.device("meta")}
+    assert v.device == torch.device("cpu") and v.dtype == torch.float32 and torch.equal(v, torch.ones(2, 3, 4, 4))
+    assert tiny_flux_policy(0).device == torch.device("cpu")

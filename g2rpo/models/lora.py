@@ -138,6 +138,10 @@ class BaseModelView(FlowPolicy):
         self.latent_shape = policy.latent_shape
         self.timestep_convention = policy.timestep_convention
 
+    @property
+    def device(self) -> torch.device:
+        return self._policy.device
+
     def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         with torch.no_grad(), adapters_disabled(self._policy):
             return self._policy._velocity(x, t, cond)

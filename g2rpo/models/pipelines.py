@@ -225,14 +225,21 @@ class LazyRewards(Mapping):
         unknown = [n for n in names if n not in PAPER_REWARDS]
         if unknown:
             raise TierError(f"unknown paper-tier rewards {unknown}; known: {', '.join(PAPER_REWARDS)}")
-        self.names, self.paths, self.models = list(names), paths, {}
+        self.names, self.paths, self.models, self.device = list(names), paths, {}, torch.device("cpu")
+
+    def to(self, device) -> LazyRewards:
+        """Run the reward networks on ``device`` (those loaded later are moved when they load)."""
+        self.device = torch.device(device)
+        for model in self.models.values():
+            model.to(self.device)
+        return self
 
     def __getitem__(self, name: str):
         if name not in self.names:
             raise KeyError(name)
         make = PAPER_REWARDS[name]
         if make not in self.models:
-            self.models[make] = paper_rewards([name], self.paths)[name]
+            self.models[make] = paper_rewards([name], self.paths)[name].to(self.device)
         model = self.models[make]
         return model.as_scale(name) if name.startswith("pickscore") else model
 

@@ -18,13 +18,29 @@ class Reward:
     checkpoint: str = ""
     """Identity of the weights (path and sha256), '' for rewards without weights."""
 
+    @property
+    def device(self) -> torch.device:
+        """Where the reward's network (``self.model``) runs; the CPU for rewards without one."""
+        model = getattr(self, "model", None)
+        if isinstance(model, torch.nn.Module):
+            for t in model.parameters():
+                return t.device
+        return torch.device("cpu")
+
+    def to(self, device) -> Reward:
+        """Run the network on ``device``; images are moved there and scores come back on the CPU."""
+        model = getattr(self, "model", None)
+        if isinstance(model, torch.nn.Module):
+            model.to(device)
+        return self
+
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.name}: images must be (B, 3, H, W), got {tuple(images.shape)}")
         if len(prompts) != images.shape[0]:
             raise ValueError(f"{self.name}: {images.shape[0]} images but {len(prompts)} prompts")
-        return self.score(images.float(), prompts).float().reshape(-1)
+        return self.score(images.float(), prompts).float().reshape(-1).cpu()
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError

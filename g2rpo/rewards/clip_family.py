@@ -50,9 +50,9 @@ class OpenClipCosine(Reward):
     tokenizer: object
 
     def score(self, images, prompts):
-        x = torch.stack([self.preprocess(p) for p in to_pil(images)])
+        x = torch.stack([self.preprocess(p) for p in to_pil(images)]).to(self.device)
         img = self.model.encode_image(x, normalize=True)
-        txt = self.model.encode_text(self.tokenizer(prompts), normalize=True)
+        txt = self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True)
         return (img * txt).sum(-1)
 
 
@@ -146,8 +146,8 @@ class PickScore(Reward):
         return view
 
     def score(self, images, prompts):
-        pix = self.processor(images=to_pil(images), return_tensors="pt")["pixel_values"]
-        tok = self.processor(text=prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        pix = self.processor(images=to_pil(images), return_tensors="pt")["pixel_values"].to(self.device)
+        tok = self.processor(text=prompts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(self.device)
         img = F.normalize(_features(self.model.get_image_features(pixel_values=pix)), dim=-1)
         txt = F.normalize(_features(self.model.get_text_features(**tok)), dim=-1)
         return self.model.logit_scale.exp() * (img * txt).sum(-1) / self.divisor

@@ -106,7 +106,6 @@ class ImageRewardScore(Reward):
             model = ImageRewardModel()
         model.load_state_dict(match(state, model, file), strict=True, assign=True)
         self.model = model.eval().requires_grad_(False).to(device)
-        self.device = device
         self.checkpoint = identity(file)
         self.tokenizer = BertTokenizer.from_pretrained(str(tokenizer))  # BLIP's init_tokenizer:
         self.tokenizer.add_special_tokens({"bos_token": "[DEC]"})
