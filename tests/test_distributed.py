@@ -3,8 +3,10 @@ the parameters of one process handling all of them (g2rpo.distributed), for ever
 (gradients summed by all-reduce) and with FSDP2 (weights, gradients and optimizer states sharded). Under FSDP the
 full training state is checkpointed in shards, and resuming gives the uninterrupted run's weights exactly."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,3 +87,20 @@ def test_prompts_must_split_evenly(tmp_path):
            "--preset", "smoke", "--rounds", "1", "--threads", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "must be divisible by the number of processes 3" in done.stderr
+
+
+def test_paper_launch_script_runs_on_one_node(tmp_path):
+    """benchmarks/launch_paper.sh end to end, scaled down to one node, two CPU processes and the smoke preset."""
+    env = dict(os.environ, NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", NNODES="1", NPROC="2",
+               PRESET="smoke", THREADS="1", OUT=str(tmp_path / "run"))
+    done = subprocess.run(["bash", "benchmarks/launch_paper.sh"], env=env, capture_output=True, text=True, timeout=300, check=False,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = json.loads(done.stdout.splitlines()[0])
+    assert plan["world"] == 2 and plan["fsdp"] is True
+    assert (tmp_path / "run" / "policy.safetensors").is_file() and (tmp_path / "run" / "state" / "latest.json").is_file()
+    missing = dict(env)
+    del missing["MASTER_ADDR"]
+    done = subprocess.run(["bash", "benchmarks/launch_paper.sh"], env=missing, capture_output=True, text=True, timeout=60, check=False,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode != 0 and "set MASTER_ADDR" in done.stderr

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The paper setting on 2 nodes x 8 GPUs: FLUX.1-dev, one prompt per GPU per round, FSDP full shard, the training
+# state saved after every round and resumed when the script is started again. Run it on both nodes:
+#
+#   NODE_RANK=0 MASTER_ADDR=10.0.0.1 METHOD=g2rpo bash benchmarks/launch_paper.sh    # on the first node
+#   NODE_RANK=1 MASTER_ADDR=10.0.0.1 METHOD=g2rpo bash benchmarks/launch_paper.sh    # on the second
+#
+# The flux-dev tier reads its folders from G2RPO_FLUX_DIR, G2RPO_REWARD_DIR, G2RPO_TRAIN_PROMPTS (and optionally
+# G2RPO_TEXT_CACHE); see the README's "Scaling out". NNODES, NPROC, PRESET, THREADS and OUT override the defaults
+# (the tests run this script with NNODES=1 NPROC=2 PRESET=smoke on CPU). Not run on GPUs by us: the machines this
+# project is built on have none.
+set -euo pipefail
+: "${NODE_RANK:?set NODE_RANK: 0 on the first node, 1 on the second}"
+: "${MASTER_ADDR:?set MASTER_ADDR to the address of the first node}"
+METHOD=${METHOD:-g2rpo}
+PRESET=${PRESET:-paper}
+OUT=${OUT:-runs/$PRESET-$METHOD}
+mkdir -p "$OUT"
+exec torchrun --nnodes "${NNODES:-2}" --nproc_per_node "${NPROC:-8}" --node_rank "$NODE_RANK" \
+    --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}" \
+    -m g2rpo.train --method "$METHOD" --preset "$PRESET" --fsdp --threads "${THREADS:-4}" \
+    --checkpoint "$OUT/state" --save "$OUT/policy.safetensors"
