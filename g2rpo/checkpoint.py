@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import one_line
 from .files import atomic, write_text
 
 
@@ -27,8 +28,7 @@ def read_state(path: Path, origin: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as e:  # truncated, or not a safetensors file
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {first}); {origin}") from None
+        raise CheckpointError(f"{path} is unreadable ({one_line(e)}); {origin}") from None
 
 
 def check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, origin: str) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError
+from .errors import one_line
 from .files import atomic, remove_stale
 from .policy import Cond, TextEncoder
 
@@ -49,11 +50,6 @@ def _index_digest(keys: torch.Tensor, digests: torch.Tensor) -> str:
     """Checksum of a shard's key and digest tensors (checked when the shard is indexed: a damaged key would
     otherwise look like a miss and be recomputed)."""
     return hashlib.sha256(keys.contiguous().numpy().tobytes() + digests.contiguous().numpy().tobytes()).hexdigest()
-
-
-def _one_line(e: Exception) -> str:
-    msg = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {msg}"[:200]
 
 
 class DiskCachedTextEncoder(TextEncoder):
@@ -104,7 +100,7 @@ class DiskCachedTextEncoder(TextEncoder):
                     digests = f.get_tensor("digest") if "digest" in names else None
                     rows = {n: f.get_slice(n).get_shape()[0] for n in names}
             except Exception as e:  # truncated, or not a safetensors file
-                raise self._error(path, f"is unreadable ({_one_line(e)})") from None
+                raise self._error(path, f"is unreadable ({one_line(e)})") from None
             need = {"key", "digest", *_FIELDS}
             if not need <= names:
                 raise self._error(path, f"lacks tensors {sorted(need - names)}")
@@ -159,7 +155,7 @@ class DiskCachedTextEncoder(TextEncoder):
             except CheckpointError:
                 raise
             except Exception as e:
-                raise self._error(path, f"is corrupt ({_one_line(e)})") from None
+                raise self._error(path, f"is corrupt ({one_line(e)})") from None
         return Cond(**{n: torch.cat([o[i] for o in out]) for i, n in enumerate(_FIELDS)})
 
     # ---- the encoder ----

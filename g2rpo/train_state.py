@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import CheckpointError
 from .distributed import DataParallel
+from .errors import one_line
 from .files import write_text
 
 LATEST = "latest.json"
@@ -88,9 +89,7 @@ def load_train_state(trainer, folder: Path) -> bool:
             raise
         if isinstance(e, CheckpointException):  # the first rank's own error says what is wrong
             e = next(iter(e.failures.values()))[0]
-        first = (str(e).strip().splitlines() or [""])[0]
-        what = f"{type(e).__name__}: {first}" if first else type(e).__name__
-        raise CheckpointError(f"{pointer.parent} holds no usable training state ({what}); "
+        raise CheckpointError(f"{pointer.parent} holds no usable training state ({one_line(e)}); "
                               f"{origin}") from None
     set_state_dict(trainer.policy, trainer.opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
     trainer.round_idx = int(latest["round"])

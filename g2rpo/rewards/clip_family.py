@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import one_line
 from . import Reward
 from .weights import RewardCheckpointError, identity, load_state, locate, to_pil
 
@@ -125,8 +126,8 @@ class PickScore(Reward):
                                                     use_safetensors=weights[0].suffix == ".safetensors")
             self.processor = AutoProcessor.from_pretrained(str(proc))
         except (OSError, ValueError, RuntimeError) as e:
-            raise RewardCheckpointError(f"{folder} or {proc} cannot be loaded ({type(e).__name__}: "
-                                        f"{(str(e).splitlines() or [''])[0][:160]}); expected {self.source}") from None
+            raise RewardCheckpointError(f"{folder} or {proc} cannot be loaded ({one_line(e)}); "
+                                        f"expected {self.source}") from None
         bad = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if bad:  # transformers would otherwise initialise missing tensors at random and only warn
             raise RewardCheckpointError(f"{weights[0]} does not match the CLIPModel config: "

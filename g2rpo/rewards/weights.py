@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError
+from ..errors import one_line
 from ..files import sha256
 
 
@@ -59,8 +60,7 @@ def load_state(path: Path, source: str, key: str | None = None) -> dict[str, tor
         else:
             state = _torch_load(path)
     except Exception as e:  # truncated, not a checkpoint, or a pickle that needs code to load
-        first = (str(e).splitlines() or [""])[0][:160]
-        raise RewardCheckpointError(f"{path} is unreadable as a weights-only checkpoint ({type(e).__name__}: {first}); "
+        raise RewardCheckpointError(f"{path} is unreadable as a weights-only checkpoint ({one_line(e)}); "
                                     f"{source}") from None
     if key and isinstance(state, dict) and key in state:
         state = state[key]
