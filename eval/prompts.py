@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from g2rpo.files import read_lines
+
 TIER_SETS = ("heldout", "train")
 HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
 """The HPSv2 benchmark's prompt files (``<style>.json``, 800 prompts each, a JSON list of strings)."""
@@ -23,7 +25,7 @@ def read_prompt_set(spec: str, tier) -> list[tuple[str, str]]:
     mapping group -> list of strings) | any other text file, one prompt per line (e.g. HPDv2's 400 test prompts)."""
     if spec in TIER_SETS:
         return [(p, spec) for p in (tier.eval_prompts if spec == "heldout" else tier.train_prompts)]
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if path.is_dir():
         missing = [s for s in HPS_STYLES if not (path / f"{s}.json").is_file()]
         if missing:
@@ -36,7 +38,7 @@ def read_prompt_set(spec: str, tier) -> list[tuple[str, str]]:
             return [(p, str(g)) for g, ps in data.items() for p in _strings(ps, path)]
         return [(p, path.stem) for p in _strings(data, path)]
     try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        lines = read_lines(path)
     except (OSError, UnicodeDecodeError) as e:
         raise PromptError(f"--prompts {spec!r} is neither {' nor '.join(TIER_SETS)} nor a readable UTF-8 file or folder "
                           f"({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None

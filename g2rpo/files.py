@@ -62,3 +62,9 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def read_lines(path: Path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped (a prompt file: one prompt per line). OSError and
+    UnicodeDecodeError reach the caller, which words the one-line error for its flag."""
+    return [ln.strip() for ln in Path(path).expanduser().read_text(encoding="utf-8").splitlines() if ln.strip()]

@@ -39,8 +39,9 @@ from pathlib import Path
 
 import torch
 
+from ..files import read_lines
 from ..policy import Cond, TextEncoder
-from ..rewards.registry import PAPER_REWARDS, RewardPaths, paper_rewards
+from ..rewards.registry import PAPER_REWARDS, RewardPaths, named, paper_rewards
 from ..rewards.weights import is_hub_id
 from ..textcache import DiskCachedTextEncoder
 from ..tiers import Tier
@@ -112,13 +113,13 @@ def resolve(spec: str | Path, kind: Kind) -> Path:
 def read_prompts(path: str | Path, what: str) -> list[str]:
     """Non-empty stripped lines of a UTF-8 text file."""
     try:
-        lines = [ln.strip() for ln in Path(path).expanduser().read_text(encoding="utf-8").splitlines()]
+        lines = read_lines(path)
     except (OSError, UnicodeDecodeError) as e:
         raise TierError(f"{what} {path} is not a readable text file ({type(e).__name__}); expected one prompt "
                         f"per line") from None
-    if not any(lines):
+    if not lines:
         raise TierError(f"{what} {path} holds no prompts; expected one prompt per line")
-    return [ln for ln in lines if ln]
+    return lines
 
 
 def fingerprint(folder: Path, parts: tuple[str, ...]) -> str:
@@ -240,8 +241,7 @@ class LazyRewards(Mapping):
         make = PAPER_REWARDS[name]
         if make not in self.models:
             self.models[make] = paper_rewards([name], self.paths)[name].to(self.device)
-        model = self.models[make]
-        return model.as_scale(name) if name.startswith("pickscore") else model
+        return named(self.models[make], name)
 
     def __contains__(self, name) -> bool:  # Mapping's would load the model
         return name in self.names

@@ -84,5 +84,10 @@ def paper_rewards(names: list[str], paths: RewardPaths | None = None) -> dict[st
         make = PAPER_REWARDS[n]
         if make not in built:
             built[make] = make(paths)
-        out[n] = built[make].as_scale(n) if n.startswith("pickscore") else built[make]
+        out[n] = named(built[make], n)
     return out
+
+
+def named(model: Reward, name: str) -> Reward:
+    """``model`` reporting as reward ``name``: the PickScore scales are views of one model (no second copy)."""
+    return model.as_scale(name) if name.startswith("pickscore") else model
