@@ -34,13 +34,18 @@ TINY_TRAIN = ["a red apple", "a blue whale", "a green frog", "a yellow star", "a
 TINY_EVAL = ["an orange fox", "a black cat", "a pink pig", "a grey wolf"]
 
 
-def _tiny() -> Tier:
+def _tiny(kind: str = "flux") -> Tier:
+    """Tiny in-code models with weight-free rewards: the FLUX class ('tiny') or the SD3 class with true CFG
+    ('tiny-sd3'), for tests and smoke runs."""
     from .models.flux import tiny_flux_policy
+    from .models.sd3 import tiny_sd3_policy
     from .models.text import HashTextEncoder
     from .rewards import Brightness, ChannelContrast, Contrast
 
     rewards = {r.name: r for r in (Brightness(), ChannelContrast(), Contrast())}
-    return Tier("tiny", lambda: tiny_flux_policy(0), HashTextEncoder(), rewards, TINY_TRAIN, TINY_EVAL)
+    make = {"flux": tiny_flux_policy, "sd3": tiny_sd3_policy}[kind]
+    name = "tiny" if kind == "flux" else f"tiny-{kind}"
+    return Tier(name, lambda: make(0), HashTextEncoder(), rewards, TINY_TRAIN, TINY_EVAL)
 
 
 def _pocket() -> Tier:
@@ -66,7 +71,8 @@ def _sd35() -> Tier:
     return tier_from_env(SD35)
 
 
-LOADERS: dict[str, Callable[[], Tier]] = {"tiny": _tiny, "pocket": _pocket, "flux-dev": _flux_dev, "sd35": _sd35}
+LOADERS: dict[str, Callable[[], Tier]] = {"tiny": _tiny, "tiny-sd3": lambda: _tiny("sd3"), "pocket": _pocket,
+                                          "flux-dev": _flux_dev, "sd35": _sd35}
 
 
 def load_tier(name: str) -> Tier:

@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", default="g2rpo", help=f"one of {', '.join(METHODS)}")
     ap.add_argument("--preset", default="smoke")
+    ap.add_argument("--model", help="another model tier than the preset's, e.g. tiny-sd3 (the SD3 class) with smoke")
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--eta-step-list", type=_ints, help="G2RPO noise-injection steps M, e.g. 0,1,2,3")
@@ -44,7 +45,8 @@ def main(argv=None) -> int:
         p = preset(a.preset)
         overrides = {k: v for k, v in (("eta_step_list", a.eta_step_list), ("granular_list", a.granular_list)) if v}
         method = make_method(a.method, p.knobs, **overrides)
-        shared = dataclasses.replace(p.shared, **{k: v for k, v in (("rounds", a.rounds), ("seed", a.seed)) if v is not None})
+        given = (("rounds", a.rounds), ("seed", a.seed), ("model", a.model))
+        shared = dataclasses.replace(p.shared, **{k: v for k, v in given if v is not None})
         method.validate(shared)
     except (KeyError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from g2rpo.models.flux import tiny_flux_policy
+from g2rpo.models.sd3 import tiny_sd3_policy
 from g2rpo.registry import METHODS
 
 
@@ -52,6 +53,18 @@ def test_two_processes_give_the_parameters_of_one(tmp_path, one_process, method,
     # Batch composition only changes fp32 summation order, but AdamW's first steps are ~lr * sign(grad), so weights
     # whose gradient is ~0 can move differently: seen up to 3% of the largest move. Without the gradient sum over
     # ranks the two runs differ by 1-2x the move, so 10% separates right from wrong.
+    assert move > 1e-6 and diff <= 0.1 * move, (move, diff)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sd3_class_under_fsdp_gives_the_parameters_of_one_process(tmp_path, method):
+    """The SD3 class (true CFG in a doubled batch, joint blocks only) through the same path, one round."""
+    one, _ = train(tmp_path / "one.safetensors", method, 1, "--model", "tiny-sd3", rounds=1)
+    two, lines = train(tmp_path / "two.safetensors", method, 2, "--model", "tiny-sd3", "--fsdp", rounds=1)
+    assert lines[0]["fsdp"] is True and set(one) == set(two)
+    start = tiny_sd3_policy(0).state_dict()
+    move = max((one[k] - start[k]).abs().max().item() for k in one)
+    diff = max((one[k] - two[k]).abs().max().item() for k in one)
     assert move > 1e-6 and diff <= 0.1 * move, (move, diff)
 
 
