@@ -35,13 +35,26 @@ class SharedConfig:
     rewards: dict[str, float] = field(default_factory=lambda: {"brightness": 1.0})
     """Reward models trained on and their weights w_m (official G2RPO: HPS 1 + CLIP 1)."""
     precision: str = "fp32"
-    """Model compute dtype: 'fp32' or 'bf16' (the SDE step and log-probs are always fp32)."""
+    """Model compute dtype: 'fp32' or 'bf16' autocast over fp32 weights (the SDE step and log-probs are always fp32)."""
+    lora: str = ""
+    """Train a LoRA adapter instead of every weight: a name of g2rpo.models.lora.LORA_PRESETS ('' = full fine-tune)."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer block's activations in the backward pass (same gradients, less memory)."""
     min_valid_frac: float = 0.5
     """A round whose images have finite rewards for fewer than this fraction is skipped (no update, logged)."""
     max_batch: int = 0
     """Largest rollout batch per model call (0 = no limit); bounds memory, not results."""
     max_train_batch: int = 0
     """Largest training batch per forward+backward (0 = no limit); gradients are accumulated across chunks."""
+
+    def __post_init__(self):
+        from .models.lora import LORA_PRESETS
+
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.lora and self.lora not in LORA_PRESETS:
+            raise ValueError(f"lora {self.lora!r} is not one of {', '.join(LORA_PRESETS)} ('' = full fine-tune)")
+        TimestepConvention(self.timestep_convention)  # ValueError names the bad value
 
     def sigmas(self) -> torch.Tensor:
         if self.schedule == "shifted":
@@ -52,7 +65,14 @@ class SharedConfig:
 
     def digest(self) -> str:
         """Short hash of the shared block; runs are comparable only when it matches."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        d = asdict(self)
+        for name in ADDED_LATER:  # left out at their defaults, so digests recorded before they existed still match
+            if d[name] == SharedConfig.__dataclass_fields__[name].default:
+                del d[name]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+ADDED_LATER = ("lora", "gradient_checkpointing")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from .loss import ppo_clip_loss
 from .method import Method, Transitions
 from .policy import Cond, FlowPolicy, TextEncoder
 from .rewards import Reward
+from .schedules import TimestepConvention
 from .sde import sde_step
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,22 @@ def initial_noise(shared: SharedConfig, round_idx: int, latent_shape, prompt_ids
     return PromptNoise(shared.seed, "x_T", round_idx, ids)((shared.num_generations, *latent_shape))
 
 
+def prepare(policy: FlowPolicy, shared: SharedConfig) -> FlowPolicy:
+    """Make the policy run as the shared settings say: timestep convention, compute precision, LoRA adapter (all
+    else frozen) and gradient checkpointing. The Trainer calls it, before the method takes its KL reference."""
+    policy.timestep_convention = TimestepConvention(shared.timestep_convention)
+    policy.precision = shared.precision
+    if shared.lora:
+        from .models.lora import LORA_PRESETS, add_lora
+
+        add_lora(policy, **LORA_PRESETS[shared.lora])
+    if shared.gradient_checkpointing:
+        from .models.precision import enable_memory_savers
+
+        enable_memory_savers(policy, True)
+    return policy
+
+
 class Trainer:
     """Runs any ``Method`` on a policy with the shared settings."""
 
@@ -74,6 +91,7 @@ class Trainer:
         self.dp = dp or DataParallel()
         self.dp.shard(shared.prompts_per_round)  # fails early unless the prompts split evenly over the ranks
         method.validate(shared)
+        prepare(policy, shared)
         method.setup(policy)  # before sharding: a full fine-tune's KL reference is a copy of the unsharded policy
         self.dp.wrap(policy, *[m for m in (method.reference,) if m is not None and hasattr(m, "transformer")])
         params = [p for p in policy.parameters() if p.requires_grad]

@@ -7,6 +7,7 @@ cost accounting of each method can be checked against real calls.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass, fields
 
@@ -37,11 +38,28 @@ class Cond:
         return Cond(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
+def autocast(dtype: torch.dtype | str | None = torch.bfloat16, device=None):
+    """A context manager for forwards in ``dtype`` over fp32 weights; ``None``, 'fp32' or float32 is a no-op.
+
+    ``device`` is where the model runs (a device, its type, or a tensor's ``.device``); None picks cuda when
+    available, else cpu. CPU autocast supports bfloat16 (and float16 on recent torch)."""
+    if isinstance(dtype, str):
+        dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+                 "fp32": torch.float32, "float32": torch.float32, "no": None}[dtype]
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 class FlowPolicy(nn.Module):
     """Base class: subclasses implement ``_velocity``; ``forward`` counts calls and returns fp32."""
 
     latent_shape: tuple[int, int, int]
     timestep_convention: TimestepConvention = TimestepConvention.TRUNCATE_3
+    precision: str = "fp32"
+    """Compute dtype of the model inside ``forward``: 'fp32', or 'bf16' autocast over fp32 weights."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -73,7 +91,9 @@ class FlowPolicy(nn.Module):
         home, dev = x.device, self.device
         if dev != home:
             x, t, cond = x.to(dev), t.to(dev), cond.to(dev)
-        return self._velocity(x, t, cond).float().to(home)
+        with autocast(self.precision, dev):
+            v = self._velocity(x, t, cond)
+        return v.float().to(home)
 
     def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         raise NotImplementedError

@@ -31,6 +31,9 @@ def main(argv=None) -> int:
     ap.add_argument("--method", default="g2rpo", help=f"one of {', '.join(METHODS)}")
     ap.add_argument("--preset", default="smoke")
     ap.add_argument("--model", help="another model tier than the preset's, e.g. tiny-sd3 (the SD3 class) with smoke")
+    ap.add_argument("--lora", help="train a LoRA adapter: flowgrpo-flux, flowgrpo-sd3 or dancegrpo-flux")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), help="model compute dtype (bf16: autocast, fp32 weights)")
+    ap.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute block activations")
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--eta-step-list", type=_ints, help="G2RPO noise-injection steps M, e.g. 0,1,2,3")
@@ -45,7 +48,8 @@ def main(argv=None) -> int:
         p = preset(a.preset)
         overrides = {k: v for k, v in (("eta_step_list", a.eta_step_list), ("granular_list", a.granular_list)) if v}
         method = make_method(a.method, p.knobs, **overrides)
-        given = (("rounds", a.rounds), ("seed", a.seed), ("model", a.model))
+        given = (("rounds", a.rounds), ("seed", a.seed), ("model", a.model), ("lora", a.lora), ("precision", a.precision),
+                 ("gradient_checkpointing", a.gradient_checkpointing))
         shared = dataclasses.replace(p.shared, **{k: v for k, v in given if v is not None})
         method.validate(shared)
     except (KeyError, ValueError, TypeError) as e:

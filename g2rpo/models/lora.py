@@ -142,6 +142,10 @@ class BaseModelView(FlowPolicy):
     def device(self) -> torch.device:
         return self._policy.device
 
+    @property
+    def precision(self) -> str:
+        return self._policy.precision
+
     def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         with torch.no_grad(), adapters_disabled(self._policy):
             return self._policy._velocity(x, t, cond)

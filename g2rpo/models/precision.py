@@ -7,11 +7,7 @@ outside the model, in fp32 (algorithms.md §2).
 """
 from __future__ import annotations
 
-import contextlib
-
-import torch
-
-from ..policy import FlowPolicy
+from ..policy import FlowPolicy, autocast  # noqa: F401  (autocast: re-exported, it lives beside forward)
 
 
 def _transformer(policy: FlowPolicy):
@@ -34,26 +30,3 @@ def enable_memory_savers(policy: FlowPolicy, gradient_checkpointing: bool) -> Fl
     else:
         tr.disable_gradient_checkpointing()
     return policy
-
-
-def _device_type(device) -> str:
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device).type
-
-
-def autocast(dtype: torch.dtype | str | None = torch.bfloat16, device=None):
-    """A context manager for forwards in ``dtype`` over fp32 weights; ``None`` or fp32 is a no-op.
-
-    ``device`` is where the model runs (a device, its type, or a tensor's ``.device``); None picks cuda when
-    available, else cpu. CPU autocast supports bfloat16 (and float16 on recent torch). Usage::
-
-        with autocast(torch.bfloat16, policy.img_ids.device):
-            v = policy(x, sigma, cond)   # fp32 out; matmuls inside in bf16
-    """
-    if isinstance(dtype, str):
-        dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-                 "fp32": torch.float32, "float32": torch.float32, "no": None}[dtype]
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=_device_type(device), dtype=dtype)
