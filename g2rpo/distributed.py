@@ -95,6 +95,13 @@ class DataParallel:
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return int(t)
 
+    def close(self) -> None:
+        """Leave the job cleanly: wait for every rank, then tear the process group down (a process exiting with it still
+        up can abort in gloo's threads, 'terminate called without an active exception', as seen once in CI)."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
     @property
     def main(self) -> bool:
         """Rank 0 alone logs and writes results."""

@@ -4,14 +4,18 @@ The benchmark runner drives many of these; this entry point is for a single run 
 ``torchrun --nproc_per_node W -m g2rpo.train ...`` the round's prompts are split over W processes
 (``g2rpo.distributed``) with the single-process result; rank 0 alone prints and writes. ``--fsdp`` shards the
 weights, gradients and optimizer states over the processes; ``--checkpoint DIR`` saves the full training state after
-every round (one shard per process) and continues from it when the run is started again.
+every round (one shard per process) and continues from it when the run is started again. ``--mlflow URI`` has rank 0
+log the plan and every round's metrics to an MLflow store (the benchmark runner's recorder: if the store goes away
+mid-run, records are spooled locally for ``python -m benchmarks.sync``).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -42,6 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--save", help="write the trained policy here (safetensors + JSON sidecar)")
     ap.add_argument("--fsdp", action="store_true", help="under torchrun, shard the model over the processes (FSDP2)")
     ap.add_argument("--checkpoint", help="save the training state here after every round and resume from it")
+    ap.add_argument("--mlflow", metavar="URI", help="rank 0 logs to this MLflow store, e.g. sqlite:///runs/mlflow.db")
     ap.add_argument("--dry-run", action="store_true", help="print the config and the cost per prompt and round, run nothing")
     a = ap.parse_args(argv)
     try:
@@ -64,6 +69,12 @@ def main(argv=None) -> int:
     from .loop import Trainer
     from .tiers import load_tier
 
+    try:  # before any model is loaded: a bad store fails in seconds
+        rec = _mlflow_run(a, plan) if a.mlflow and int(os.environ.get("RANK", "0")) == 0 else None
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
     try:
         tier = load_tier(shared.model)
     except KeyError as e:
@@ -84,9 +95,13 @@ def main(argv=None) -> int:
     say = print if dp.main else (lambda *_: None)
     say(json.dumps({k: plan[k] for k in ("method", "shared_digest", "cost_per_prompt_round")}
                    | {"world": dp.world, "fsdp": dp.sharded, "resumed_at_round": trainer.round_idx if resumed else None}))
+    if rec and resumed:
+        rec.tags("run", {"resumed_at_round": str(trainer.round_idx)})
     while trainer.round_idx < shared.rounds:
         m = trainer.train(rounds=1)[0]
         say(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}))
+        if rec:
+            rec.metrics("run", {k: v for k, v in m.items() if isinstance(v, (int, float))}, step=m["round"])
         if a.checkpoint:
             save_train_state(trainer, a.checkpoint, dp)
     if a.save:
@@ -96,7 +111,24 @@ def main(argv=None) -> int:
         if dp.main:
             save_policy(trainer.policy, a.save, {"tier": shared.model, "method": method.name, "rounds": trainer.round_idx,
                                                  "in_domain": shared.rewards, "world": dp.world}, state)
+    if rec:
+        rec.end("run")
+    dp.close()
     return 0
+
+
+def _mlflow_run(a, plan: dict):
+    """A Recorder with one started run holding the plan as params (rank 0 only); RuntimeError if the store is unusable."""
+    from benchmarks.recorder import Recorder
+    from benchmarks.tracking import flatten, git_commit, open_store
+
+    experiment = f"g2rpo-train/{a.preset}"
+    client, exp_id = open_store(a.mlflow, experiment, None)
+    rec = Recorder(client, exp_id, Path(a.checkpoint or ".") / "mlflow-spool.jsonl", experiment)
+    rec.start("run", f"{plan['method']}:{a.preset}", {"commit": git_commit(), "kind": "g2rpo.train",
+                                                     "world": os.environ.get("WORLD_SIZE", "1"), "fsdp": str(a.fsdp)})
+    rec.params("run", flatten({k: plan[k] for k in ("method", "shared", "shared_digest", "knobs")}))
+    return rec
 
 
 if __name__ == "__main__":

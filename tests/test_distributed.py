@@ -23,8 +23,8 @@ def train(out, method, world, *extra, rounds=2):
         else [sys.executable]
     cmd = [*launch, "-m", "g2rpo.train", "--method", method, "--preset", "smoke", "--rounds", str(rounds),
            "--threads", "1", "--save", str(out), *extra]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-3000:]
     lines = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith("{")]
     return load_file(str(out)), lines
 
@@ -129,8 +129,23 @@ def test_paper_launch_script_runs_on_one_node(tmp_path):
     plan = json.loads(done.stdout.splitlines()[0])
     assert plan["world"] == 2 and plan["fsdp"] is True
     assert (tmp_path / "run" / "policy.safetensors").is_file() and (tmp_path / "run" / "state" / "latest.json").is_file()
+    from benchmarks.tracking import open_store
+
+    client, exp_id = open_store(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}", "g2rpo-train/smoke", None, create=False)
+    (run,) = client.search_runs([exp_id])  # rank 0 alone logs
+    assert run.data.params["method"] == "g2rpo" and run.data.tags["world"] == "2" and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1]
     missing = dict(env)
     del missing["MASTER_ADDR"]
     done = subprocess.run(["bash", "benchmarks/launch_paper.sh"], env=missing, capture_output=True, text=True, timeout=60, check=False,
                           cwd=Path(__file__).parents[1])
     assert done.returncode != 0 and "set MASTER_ADDR" in done.stderr
+
+
+def test_unusable_mlflow_store_fails_before_training(tmp_path):
+    (tmp_path / "mlflow.db").write_bytes(b"not a database" * 100)
+    cmd = [sys.executable, "-m", "g2rpo.train", "--preset", "smoke", "--threads", "1", "--mlflow",
+           f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2 and "cannot open the MLflow store" in done.stderr, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1 and '"round"' not in done.stdout
