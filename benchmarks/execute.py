@@ -16,7 +16,7 @@ from tqdm import tqdm
 from eval.generate import generate, save_png, score
 from g2rpo.checkpoint import save_policy
 from g2rpo.files import alive, atomic, remove_stale
-from g2rpo.loop import Trainer
+from g2rpo.loop import Trainer, model_settings
 from g2rpo.presets import Preset
 from g2rpo.tiers import Tier
 
@@ -123,7 +123,7 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
             model = ckpt.parent.parent / "models" / f"{spec.method}-{spec.variant}-seed{spec.seed}.safetensors"
             save_policy(policy, model, {"tier": tier.name, "in_domain": shared.rewards, "method": spec.method,
                                         "variant": spec.variant, "seed": spec.seed, "rounds": spec.rounds,
-                                        "run_key": local})
+                                        "run_key": local, "settings": model_settings(shared)})
             rec.tags(local, {"checkpoint": str(model)})
         res = evaluate(policy, p, tier, extra_steps, Path(tmp), lambda path, folder: rec.artifact(local, path, folder))
         res |= {"time/train_s": done_train_s + t_train, "time/eval_s": time.perf_counter() - t0 - t_train,

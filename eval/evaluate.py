@@ -24,9 +24,12 @@ class EvalError(ValueError):
 
 
 def load_model(checkpoint: str, tier_name: str):
-    """(tier, policy, in-domain rewards, checkpoint identity) for 'base' or a checkpoint written by the runner."""
+    """(tier, policy, in-domain rewards, checkpoint identity) for 'base' or a checkpoint written by the runner or
+    g2rpo.train. The policy is rebuilt as it was trained (timestep convention, precision, LoRA adapter) from the
+    settings recorded beside the weights."""
     from g2rpo.checkpoint import load_strict, read_meta, read_state
     from g2rpo.files import sha256
+    from g2rpo.loop import apply_model_settings
     from g2rpo.tiers import load_tier
 
     if checkpoint == "base":
@@ -37,7 +40,7 @@ def load_model(checkpoint: str, tier_name: str):
     origin = "checkpoints are written by python -m benchmarks.run into <out>/models/"
     state = read_state(path, origin)
     tier = load_tier(meta["tier"])
-    policy = tier.make_policy()
+    policy = apply_model_settings(tier.make_policy(), meta.get("settings", {}))
     load_strict(policy, state, path, origin)
     return tier, policy.eval(), dict(meta.get("in_domain", {})), f"{path} sha256:{sha256(path)[:16]}"
 

@@ -1,7 +1,8 @@
 """Model weights on disk: safetensors only (no pickles), loaded strictly, with one-line errors.
 
 A trained policy is saved as ``NAME.safetensors`` (its state dict) beside ``NAME.json`` (tier, in-domain rewards,
-method, seed, rounds), so an evaluation knows what the checkpoint was trained on.
+method, seed, rounds, and the settings that shape the model: timestep convention, precision, LoRA), so an evaluation
+knows what the checkpoint was trained on and rebuilds the model as it was trained.
 """
 from __future__ import annotations
 

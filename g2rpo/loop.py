@@ -60,15 +60,33 @@ def initial_noise(shared: SharedConfig, round_idx: int, latent_shape, prompt_ids
     return PromptNoise(shared.seed, "x_T", round_idx, ids)((shared.num_generations, *latent_shape))
 
 
-def prepare(policy: FlowPolicy, shared: SharedConfig) -> FlowPolicy:
-    """Make the policy run as the shared settings say: timestep convention, compute precision, LoRA adapter (all
-    else frozen) and gradient checkpointing. The Trainer calls it, before the method takes its KL reference."""
-    policy.timestep_convention = TimestepConvention(shared.timestep_convention)
-    policy.precision = shared.precision
-    if shared.lora:
+MODEL_SETTINGS = ("timestep_convention", "precision", "lora")
+"""Shared settings that change what a saved policy is or how it runs: recorded with every checkpoint
+(``model_settings``) so an evaluation rebuilds the model as it was trained (``apply_model_settings``)."""
+
+
+def model_settings(shared: SharedConfig) -> dict:
+    return {k: getattr(shared, k) for k in MODEL_SETTINGS}
+
+
+def apply_model_settings(policy: FlowPolicy, settings: dict) -> FlowPolicy:
+    """Timestep convention, compute precision and LoRA adapter (all else frozen) as ``settings`` give them; a key
+    that is absent (a checkpoint from before it was recorded) leaves the policy's own value."""
+    if "timestep_convention" in settings:
+        policy.timestep_convention = TimestepConvention(settings["timestep_convention"])
+    if "precision" in settings:
+        policy.precision = settings["precision"]
+    if settings.get("lora"):
         from .models.lora import LORA_PRESETS, add_lora
 
-        add_lora(policy, **LORA_PRESETS[shared.lora])
+        add_lora(policy, **LORA_PRESETS[settings["lora"]])
+    return policy
+
+
+def prepare(policy: FlowPolicy, shared: SharedConfig) -> FlowPolicy:
+    """Make the policy run as the shared settings say (``apply_model_settings``, then gradient checkpointing). The
+    Trainer calls it, before the method takes its KL reference."""
+    apply_model_settings(policy, model_settings(shared))
     if shared.gradient_checkpointing:
         from .models.precision import enable_memory_savers
 

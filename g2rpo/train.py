@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         print(json.dumps(plan, indent=2, default=str))
         return 0
     from .distributed import DataParallel
-    from .loop import Trainer
+    from .loop import Trainer, model_settings
     from .tiers import load_tier
 
     try:  # before any model is loaded: a bad store fails in seconds
@@ -110,7 +110,8 @@ def main(argv=None) -> int:
         state = dp.full_state(trainer.policy)  # a collective under FSDP: every rank takes part, rank 0 writes
         if dp.main:
             save_policy(trainer.policy, a.save, {"tier": shared.model, "method": method.name, "rounds": trainer.round_idx,
-                                                 "in_domain": shared.rewards, "world": dp.world}, state)
+                                                 "in_domain": shared.rewards, "world": dp.world,
+                                                 "settings": model_settings(shared)}, state)
     if rec:
         rec.end("run")
     dp.close()

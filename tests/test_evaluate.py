@@ -41,6 +41,36 @@ def test_checkpoint_from_the_runner_splits_in_and_out_of_domain(tmp_path):
     assert pd.read_csv(base / "scores.csv").brightness.ne(pd.read_csv(tmp_path / "ev" / "scores.csv").brightness).any()
 
 
+def test_a_lora_checkpoint_from_g2rpo_train_is_evaluated_as_it_was_trained(tmp_path):
+    from g2rpo.train import main as train
+
+    ck = tmp_path / "m" / "lora.safetensors"
+    assert train(["--method", "flowgrpo", "--preset", "smoke", "--rounds", "1", "--lora", "flowgrpo-flux",
+                  "--threads", "1", "--save", str(ck)]) == 0
+    assert run(tmp_path, "--checkpoint", str(ck)) == 0  # refused as another architecture before the settings were kept
+
+
+def test_recorded_settings_rebuild_the_trained_model(tmp_path):
+    from eval.evaluate import load_model
+    from g2rpo.loop import apply_model_settings
+    from g2rpo.models.lora import adapter_parameters
+    from g2rpo.models.text import HashTextEncoder
+
+    settings = {"timestep_convention": "float", "precision": "fp32", "lora": "flowgrpo-flux"}
+    policy = apply_model_settings(tiny_flux_policy(0), settings).eval()
+    with torch.no_grad():  # a trained adapter: B != 0, so the adapted model differs from the base
+        for n, p in adapter_parameters(policy).items():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    ck = save_policy(policy, tmp_path / "a.safetensors", {"tier": "tiny", "in_domain": {}, "settings": settings})
+    _, loaded, _, _ = load_model(str(ck), "tiny")
+    x, s, cond = torch.randn(2, *policy.latent_shape), torch.tensor([0.8, 0.3]), HashTextEncoder()(["a", "b"])
+    with torch.no_grad():
+        v, v_loaded, v_base = policy(x, s, cond), loaded(x, s, cond), tiny_flux_policy(0).eval()(x, s, cond)
+    assert loaded.timestep_convention.value == "float"
+    assert torch.equal(v_loaded, v) and (v_base - v).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--prompts", "/no/such/file.txt"], "neither heldout nor train nor a readable"),
     (["--rewards", "nope"], "--rewards: unknown ['nope']"),
