@@ -7,6 +7,7 @@ import torch
 
 from g2rpo import advantages as A
 from g2rpo.config import OptimConfig, SharedConfig
+from g2rpo.ema import EMAConfig
 from g2rpo.method import Cost
 from g2rpo.sde import dance_sde_g
 
@@ -33,6 +34,8 @@ class DanceGRPOConfig:
     """Samples accumulated into one optimizer step (official FLUX script: 12 = one group)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, weight_decay=1e-4, max_grad_norm=1.0))
     """AdamW settings (official: lr 1e-5, wd 1e-4)."""
+    ema: EMAConfig | None = None
+    """EMA of the weights for evaluation (g2rpo.ema.EMAConfig); None = live weights (official: --use_ema off)."""
 
 
 class DanceGRPO(TrajectoryMethod):

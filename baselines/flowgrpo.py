@@ -8,6 +8,7 @@ import torch
 
 from g2rpo import advantages as A
 from g2rpo.config import OptimConfig, SharedConfig
+from g2rpo.ema import EMAConfig
 from g2rpo.loss import kl_to_reference
 from g2rpo.method import Cost
 from g2rpo.models.lora import reference_policy
@@ -52,9 +53,12 @@ class FlowGRPOConfig:
     """Optimizer steps per round (official: gradient_accumulation_steps = num_batches_per_epoch // 2)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, weight_decay=1e-4, max_grad_norm=1.0))
     """AdamW settings (official lr 3e-4 is for LoRA r 32 / alpha 64)."""
+    ema: EMAConfig | None = field(default_factory=EMAConfig)
+    """Evaluate and save an EMA of the weights (official `train.ema`: decay 0.9, every 8 steps); None = live weights."""
 
     def __post_init__(self):
         self.multi_reward = MultiReward(self.multi_reward)
+
 
 
 class FlowGRPO(TrajectoryMethod):

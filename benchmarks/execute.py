@@ -1,6 +1,7 @@
 """Executes a plan: one MLflow parent run per invocation, one child run per (method, variant, seed)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -119,13 +120,16 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
                 bar.set_postfix({first: f"{m[f'reward/{first}']:.4f}"})
         t_train = time.perf_counter() - t0
         policy.eval()
-        if method is not None:  # the trained model, for python -m eval.evaluate --checkpoint
-            model = ckpt.parent.parent / "models" / f"{spec.method}-{spec.variant}-seed{spec.seed}.safetensors"
-            save_policy(policy, model, {"tier": tier.name, "in_domain": shared.rewards, "method": spec.method,
-                                        "variant": spec.variant, "seed": spec.seed, "rounds": spec.rounds,
-                                        "run_key": local, "settings": model_settings(shared)})
-            rec.tags(local, {"checkpoint": str(model)})
-        res = evaluate(policy, p, tier, extra_steps, Path(tmp), lambda path, folder: rec.artifact(local, path, folder))
+        # the weights a method evaluates: Flow-GRPO's EMA, the live ones otherwise
+        with trainer.evaluation_weights() if method is not None else contextlib.nullcontext():
+            if method is not None:  # the trained model, for python -m eval.evaluate --checkpoint
+                model = ckpt.parent.parent / "models" / f"{spec.method}-{spec.variant}-seed{spec.seed}.safetensors"
+                save_policy(policy, model, {"tier": tier.name, "in_domain": shared.rewards, "method": spec.method,
+                                            "variant": spec.variant, "seed": spec.seed, "rounds": spec.rounds,
+                                            "run_key": local, "settings": model_settings(shared),
+                                            "weights": "ema" if trainer.ema is not None else "live"})
+                rec.tags(local, {"checkpoint": str(model)})
+            res = evaluate(policy, p, tier, extra_steps, Path(tmp), lambda path, folder: rec.artifact(local, path, folder))
         res |= {"time/train_s": done_train_s + t_train, "time/eval_s": time.perf_counter() - t0 - t_train,
                 "cost/total_nfe": cum_nfe}
         rec.metrics(local, res)

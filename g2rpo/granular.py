@@ -14,6 +14,7 @@ import torch
 
 from . import advantages as A
 from .config import OptimConfig, SharedConfig
+from .ema import EMAConfig
 from .method import Cost, Method, Rollout, Transitions
 from .policy import Cond, FlowPolicy
 from .sampling import complete_many, complete_one, ode_sample
@@ -70,6 +71,8 @@ class G2RPOConfig:
     """Rollout execution (see RolloutMode)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-6, weight_decay=1e-4, max_grad_norm=1.0))
     """AdamW settings (official: lr 2e-6, wd 1e-4, grad clip 1.0)."""
+    ema: EMAConfig | None = None
+    """EMA of the weights for evaluation (g2rpo.ema.EMAConfig); None = live weights, as the DanceGRPO code."""
 
     def __post_init__(self):
         self.eta_step_list = tuple(int(k) for k in self.eta_step_list)

@@ -1,6 +1,7 @@
 """The method-agnostic loop: prompts -> rollout -> rewards -> advantages -> update -> log."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -11,6 +12,7 @@ import torch
 
 from .config import SharedConfig
 from .distributed import DataParallel
+from .ema import EMA
 from .loss import ppo_clip_loss
 from .method import Method, Transitions
 from .policy import Cond, FlowPolicy, TextEncoder
@@ -116,6 +118,17 @@ class Trainer:
         o = method.optim
         self.opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         self.round_idx = 0
+        self.optimizer_steps = 0
+        """Optimizer steps over the whole run (the EMA schedule's step s)."""
+        self.ema = EMA(self._trained(), method.ema) if method.ema is not None else None
+
+    def _trained(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.policy.named_parameters() if p.requires_grad}
+
+    def evaluation_weights(self):
+        """Context in which the policy holds the weights a method evaluates and saves: the EMA where the method keeps
+        one (Flow-GRPO), else the live weights. Training resumes with the live weights afterwards."""
+        return self.ema.applied(self._trained()) if self.ema is not None else contextlib.nullcontext()
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Scores of every in-domain reward. Non-finite scores are kept (the advantages leave them out); a reward
@@ -218,6 +231,9 @@ class Trainer:
                 continue
             norms.append(norm)
             self.opt.step()
+            self.optimizer_steps += 1
+            if self.ema is not None:
+                self.ema.step(self._trained(), self.optimizer_steps)
         total = trained[torch.cat(groups)].sum().clamp(min=1) if groups else 1
         ratios = torch.cat(ratios) if ratios else torch.ones(1)
         return {
@@ -230,9 +246,12 @@ class Trainer:
         }
 
     def state_dict(self) -> dict:
-        """What continuing exactly needs: the policy's weights (adapters included), the optimizer, the round counter.
-        Randomness needs no state: every stream is a function of (seed, stream, round, prompt)."""
-        return {"round": self.round_idx, "policy": self.policy.state_dict(), "opt": self.opt.state_dict()}
+        """What continuing exactly needs: the policy's weights (adapters included), the optimizer, the round and
+        optimizer-step counters, the weight average if the method keeps one. Randomness needs no state: every stream
+        is a function of (seed, stream, round, prompt)."""
+        state = {"round": self.round_idx, "optimizer_steps": self.optimizer_steps, "policy": self.policy.state_dict(),
+                 "opt": self.opt.state_dict()}
+        return state | ({"ema": self.ema.state_dict()} if self.ema is not None else {})
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``. Build the Trainer on the base model first: Flow-GRPO's KL reference is taken
@@ -240,6 +259,9 @@ class Trainer:
         self.policy.load_state_dict(state["policy"])
         self.opt.load_state_dict(state["opt"])
         self.round_idx = int(state["round"])
+        self.optimizer_steps = int(state.get("optimizer_steps", 0))  # only the EMA schedule reads it
+        if self.ema is not None:
+            self.ema.load_state_dict(state.get("ema", {}))
 
     def train(self, rounds: int | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:
         history = []

@@ -128,5 +128,10 @@ class Method:
         return torch.zeros(len(rows), 1)
 
     @property
+    def ema(self):
+        """The method's ``EMAConfig`` (weights averaged for evaluation) or None; a config field named ``ema``."""
+        return getattr(getattr(self, "cfg", None), "ema", None)
+
+    @property
     def clip_range(self) -> float:
         return self.cfg.clip_range

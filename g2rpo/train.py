@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .ema import EMAConfig
 from .presets import preset
 from .registry import METHODS, make_method
 
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int)
     ap.add_argument("--eta-step-list", type=_ints, help="G2RPO noise-injection steps M, e.g. 0,1,2,3")
     ap.add_argument("--granular-list", type=_ints, help="G2RPO granularities Lambda, e.g. 1,2,3")
+    ap.add_argument("--ema-update-step-interval", type=int, metavar="N",
+                    help="average the weights every N optimizer steps for evaluation and --save (0 = off; Flow-GRPO: 8)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads per process")
     ap.add_argument("--save", help="write the trained policy here (safetensors + JSON sidecar)")
     ap.add_argument("--fsdp", action="store_true", help="under torchrun, shard the model over the processes (FSDP2)")
@@ -53,6 +56,9 @@ def main(argv=None) -> int:
         p = preset(a.preset)
         overrides = {k: v for k, v in (("eta_step_list", a.eta_step_list), ("granular_list", a.granular_list)) if v}
         method = make_method(a.method, p.knobs, **overrides)
+        if a.ema_update_step_interval is not None:
+            n = a.ema_update_step_interval
+            method.cfg.ema = None if n == 0 else dataclasses.replace(method.ema or EMAConfig(), update_step_interval=n)
         given = (("rounds", a.rounds), ("seed", a.seed), ("model", a.model), ("lora", a.lora), ("precision", a.precision),
                  ("gradient_checkpointing", a.gradient_checkpointing))
         shared = dataclasses.replace(p.shared, **{k: v for k, v in given if v is not None})
@@ -107,11 +113,12 @@ def main(argv=None) -> int:
     if a.save:
         from .checkpoint import save_policy
 
-        state = dp.full_state(trainer.policy)  # a collective under FSDP: every rank takes part, rank 0 writes
-        if dp.main:
-            save_policy(trainer.policy, a.save, {"tier": shared.model, "method": method.name, "rounds": trainer.round_idx,
-                                                 "in_domain": shared.rewards, "world": dp.world,
-                                                 "settings": model_settings(shared)}, state)
+        meta = {"tier": shared.model, "method": method.name, "rounds": trainer.round_idx, "in_domain": shared.rewards,
+                "world": dp.world, "settings": model_settings(shared), "weights": "ema" if trainer.ema else "live"}
+        with trainer.evaluation_weights():  # Flow-GRPO saves its EMA; written inside: the state may share storage
+            state = dp.full_state(trainer.policy)  # a collective under FSDP: every rank takes part, rank 0 writes
+            if dp.main:
+                save_policy(trainer.policy, a.save, meta, state)
     if rec:
         rec.end("run")
     dp.close()

@@ -3,8 +3,9 @@
 Each save is a torch.distributed.checkpoint folder ``DIR/round-NNNNNN`` (every rank writes its own shard of the
 weights and optimizer states, keyed by parameter name, so a checkpoint also loads on another world size), and only
 then does rank 0 point ``DIR/latest.json`` at it and remove the older folders: a crash mid-save leaves the previous
-state in use. Randomness needs no state (every stream is keyed by seed, round and prompt), so weights, optimizer
-and the round counter are everything that continuing exactly needs.
+state in use. Randomness needs no state (every stream is keyed by seed, round and prompt), so weights, optimizer,
+the round and optimizer-step counters and the weight average (Flow-GRPO's EMA, sharded as the weights) are
+everything that continuing exactly needs.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def _state(trainer) -> dict:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model, optim = get_state_dict(trainer.policy, trainer.opt)
-    return {"model": model, "optim": optim}
+    state = {"model": model, "optim": optim, "counters": {"optimizer_steps": torch.tensor(trainer.optimizer_steps)}}
+    return state | ({"ema": trainer.ema.state_dict()} if trainer.ema is not None else {})
 
 
 @contextlib.contextmanager
@@ -93,4 +95,5 @@ def load_train_state(trainer, folder: Path) -> bool:
                               f"{origin}") from None
     set_state_dict(trainer.policy, trainer.opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
     trainer.round_idx = int(latest["round"])
+    trainer.optimizer_steps = int(state["counters"]["optimizer_steps"])  # the EMA shadows were loaded in place
     return True

@@ -108,6 +108,8 @@ def test_smoke_run_writes_tables_and_mlflow_runs(smoke):
     assert "python -m benchmarks.run --preset smoke" in (out / "README.md").read_text()
     models = sorted((out / "models").glob("*.safetensors"))  # every trained model, for python -m eval.evaluate
     assert len(models) == 5 * 2 + 2 and all(m.with_suffix(".json").is_file() for m in models)
+    weights = {json.loads(m.with_suffix(".json").read_text())["weights"] for m in models if m.name.startswith("flowgrpo")}
+    assert weights == {"ema"}  # Flow-GRPO evaluates and saves its weight average, as the official code
     table = pd.read_csv(out / "table1_main.csv")
     assert list(table.Method) == ["Base model", "DanceGRPO", "MixGRPO", "Flow-GRPO", "G²RPO w/o MGAI", "G²RPO"]
     assert (table["eval/brightness|count"].iloc[1:] == 2).all()

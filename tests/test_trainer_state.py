@@ -3,6 +3,7 @@ run after round r + 1, bit for bit, for every method (no RNG state needed: all n
 import pytest
 import torch
 
+from g2rpo.ema import EMAConfig
 from g2rpo.registry import METHODS, make_method
 
 from .helpers import shared, trainer
@@ -11,7 +12,8 @@ from .helpers import shared, trainer
 @pytest.mark.parametrize("name", METHODS)
 def test_resume_equals_uninterrupted(tmp_path, name):
     sh = shared(rounds=3)
-    knobs = {"flowgrpo": {"beta": 0.04}, "g2rpo": {"eta_step_list": (0, 1, 2)}}  # beta: the KL reference must stay the base model
+    # beta: the KL reference must stay the base model; ema moving every step: the average is part of the state
+    knobs = {"flowgrpo": {"beta": 0.04, "ema": EMAConfig(update_step_interval=1)}, "g2rpo": {"eta_step_list": (0, 1, 2)}}
     whole = trainer(make_method(name, knobs), sh)
     whole.train(2)
     first = trainer(make_method(name, knobs), sh)
@@ -23,5 +25,8 @@ def test_resume_equals_uninterrupted(tmp_path, name):
     resumed.train(1)
     for (k, a), b in zip(whole.policy.state_dict().items(), resumed.policy.state_dict().values()):
         assert torch.equal(a, b), k
+    assert resumed.optimizer_steps == whole.optimizer_steps > 0
+    if whole.ema is not None:
+        assert all(torch.equal(a, resumed.ema.shadow[k]) for k, a in whole.ema.shadow.items())
     start = trainer(make_method(name, knobs), sh).policy.state_dict()
     assert any(not torch.equal(a, start[k]) for k, a in whole.policy.state_dict().items())
