@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from g2rpo.config import OptimConfig, SharedConfig
-from g2rpo.loop import PromptNoise, Trainer, generator, initial_noise
+from g2rpo.loop import PromptNoise, Trainer, initial_noise
 from g2rpo.models.flux import tiny_flux_policy
 from g2rpo.models.text import HashTextEncoder
 from g2rpo.rewards import Brightness, ChannelContrast

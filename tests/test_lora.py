@@ -1,6 +1,5 @@
 """LoRA through peft (adapter-only training, Flow-GRPO's adapter-disabled KL reference, adapter files) and the
 precision/memory switches (gradient checkpointing, bf16 autocast), on the tiny FLUX-class policy."""
-import copy
 
 import pytest
 import torch
