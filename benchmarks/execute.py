@@ -17,11 +17,12 @@ from tqdm import tqdm
 from eval.generate import generate, save_png, score
 from g2rpo.checkpoint import save_policy
 from g2rpo.files import alive, atomic, remove_stale
-from g2rpo.loop import Trainer, model_settings
+from g2rpo.loop import Trainer, trained_meta
+from g2rpo.method import nfe_per_round
 from g2rpo.presets import Preset
 from g2rpo.tiers import Tier
 
-from .plan import BASE, RunSpec, nfe_per_round
+from .plan import BASE, RunSpec
 from .recorder import Recorder
 from .tracking import flatten, git_commit
 
@@ -124,10 +125,7 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
         with trainer.evaluation_weights() if method is not None else contextlib.nullcontext():
             if method is not None:  # the trained model, for python -m eval.evaluate --checkpoint
                 model = ckpt.parent.parent / "models" / f"{spec.method}-{spec.variant}-seed{spec.seed}.safetensors"
-                save_policy(policy, model, {"tier": tier.name, "in_domain": shared.rewards, "method": spec.method,
-                                            "variant": spec.variant, "seed": spec.seed, "rounds": spec.rounds,
-                                            "run_key": local, "settings": model_settings(shared),
-                                            "weights": "ema" if trainer.ema is not None else "live"})
+                save_policy(policy, model, trained_meta(method, shared, spec.rounds, spec.variant) | {"run_key": local})
                 rec.tags(local, {"checkpoint": str(model)})
             res = evaluate(policy, p, tier, extra_steps, Path(tmp), lambda path, folder: rec.artifact(local, path, folder))
         res |= {"time/train_s": done_train_s + t_train, "time/eval_s": time.perf_counter() - t0 - t_train,

@@ -4,8 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from g2rpo.config import SharedConfig
-from g2rpo.method import Cost, Method
+from g2rpo.method import Method, nfe_per_round
 from g2rpo.presets import Preset
 from g2rpo.registry import METHODS, make_method
 
@@ -62,12 +61,6 @@ def parse_int_sets(text: str, flag: str) -> list[tuple[int, ...]]:
             raise PlanError(f"{flag}: duplicate values in {part!r}")
         sets.append(tuple(values))
     return sets
-
-
-def nfe_per_round(method: Method, shared: SharedConfig) -> int:
-    """Model evaluations of a round, a training forward+backward counted as one."""
-    c: Cost = method.cost(shared)
-    return shared.prompts_per_round * (c.nfe_rollout + c.nfe_train + c.nfe_reference)
 
 
 def make_plan(preset: Preset, methods: list[str], seeds: int, rounds: int, budget: str,

@@ -64,7 +64,8 @@ def headers(ind, ood, stats, prefix="eval/") -> dict[str, str]:
 def main_table(df, cols, out) -> list[Path]:
     d = df[df.variant == "default"].copy()
     d["Method"] = d.method.map(lambda m: NAMES.get(m, m))
-    cost = {"nfe_per_round": "NFE/round", "cost/total_nfe": "total NFE", "time/train_s": "train s"}
+    cost = {k: v for k, v in {"nfe_per_round": "NFE/round", "cost/total_nfe": "total NFE", "time/train_s": "train s"}.items()
+            if k in d}
     s = summarise(d, ["Method"], list(cols) + list(cost))
     shown = formatted(s, ["Method"], cols | cost, {"nfe_per_round": 0, "cost/total_nfe": 0, "time/train_s": 1})
     return write_table(shown, s, out, "table1_main", "Table 1. Main comparison (held-out prompts)", STD_NOTE)
@@ -110,6 +111,11 @@ def paired_table(client, df, ind, ood, main_steps, out) -> list[Path]:
     for r in df[df.variant == "default"].itertuples():
         path = client.download_artifacts(r.run_id, f"eval/scores_{main_steps}steps.csv", str(tmp / r.run_id))
         scores.setdefault(r.method, []).append(pd.read_csv(path).set_index("prompt_index"))
+    return paired_from_scores(scores, ind, ood, out)
+
+
+def paired_from_scores(scores: dict[str, list[pd.DataFrame]], ind, ood, out) -> list[Path]:
+    """The paired table from per-prompt score frames (indexed by prompt_index) of every seed of every method."""
     if BASE not in scores:
         return []
     base = scores[BASE][0]

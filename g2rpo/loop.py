@@ -14,7 +14,7 @@ from .config import SharedConfig
 from .distributed import DataParallel
 from .ema import EMA
 from .loss import ppo_clip_loss
-from .method import Method, Transitions
+from .method import Method, Transitions, nfe_per_round
 from .policy import Cond, FlowPolicy, TextEncoder
 from .rewards import Reward
 from .schedules import TimestepConvention
@@ -83,6 +83,18 @@ def apply_model_settings(policy: FlowPolicy, settings: dict) -> FlowPolicy:
 
         add_lora(policy, **LORA_PRESETS[settings["lora"]])
     return policy
+
+
+def trained_meta(method: Method, shared: SharedConfig, rounds: int, variant: str = "default") -> dict:
+    """The sidecar of a saved policy: what eval.evaluate needs to rebuild it (tier, settings) and to split in- from
+    out-of-domain rewards, and what benchmarks.collect needs to place it in a table (method, variant, seed, knobs,
+    cost). Written by the benchmark runner and by g2rpo.train alike."""
+    import dataclasses
+
+    return {"tier": shared.model, "method": method.name, "variant": variant, "seed": shared.seed, "rounds": rounds,
+            "in_domain": shared.rewards, "settings": model_settings(shared),
+            "weights": "ema" if method.ema is not None else "live", "knobs": dataclasses.asdict(method.cfg),
+            "nfe_per_round": nfe_per_round(method, shared), "shared_digest": shared.digest()}
 
 
 def prepare(policy: FlowPolicy, shared: SharedConfig) -> FlowPolicy:

@@ -135,3 +135,9 @@ class Method:
     @property
     def clip_range(self) -> float:
         return self.cfg.clip_range
+
+
+def nfe_per_round(method: Method, shared: SharedConfig) -> int:
+    """Model evaluations of a round, a training forward+backward counted as one."""
+    c = method.cost(shared)
+    return shared.prompts_per_round * (c.nfe_rollout + c.nfe_train + c.nfe_reference)

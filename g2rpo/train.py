@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         print(json.dumps(plan, indent=2, default=str))
         return 0
     from .distributed import DataParallel
-    from .loop import Trainer, model_settings
+    from .loop import Trainer, trained_meta
     from .tiers import load_tier
 
     try:  # before any model is loaded: a bad store fails in seconds
@@ -113,8 +113,8 @@ def main(argv=None) -> int:
     if a.save:
         from .checkpoint import save_policy
 
-        meta = {"tier": shared.model, "method": method.name, "rounds": trainer.round_idx, "in_domain": shared.rewards,
-                "world": dp.world, "settings": model_settings(shared), "weights": "ema" if trainer.ema else "live"}
+        variant = ";".join(f"{k}={','.join(map(str, v))}" for k, v in overrides.items()) or "default"
+        meta = trained_meta(method, shared, trainer.round_idx, variant) | {"preset": a.preset, "world": dp.world}
         with trainer.evaluation_weights():  # Flow-GRPO saves its EMA; written inside: the state may share storage
             state = dp.full_state(trainer.policy)  # a collective under FSDP: every rank takes part, rank 0 writes
             if dp.main:
