@@ -62,7 +62,8 @@ def read_evaluation(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dic
     path = Path(identity.split(" sha256:")[0])
     try:
         side = read_meta(path)
-        info = {"method": side["method"], "variant": side.get("variant", "default"), "seed": int(side["seed"])}
+        info = {"method": side["method"], "variant": side.get("variant", "default"), "seed": int(side["seed"]),
+                "weights": side.get("weights", "live")}
         nfe = float(side["nfe_per_round"])
     except CheckpointError as e:
         raise CollectError(f"{folder}: {e}") from None

@@ -42,7 +42,8 @@ def load_runs(client, exp_id: str, parent_run_id: str | None):
                "seed": int(r.data.tags["seed"]), "granular_list": r.data.params.get("knobs.granular_list", ""),
                "eta_step_list": r.data.params.get("knobs.eta_step_list", ""),
                "nfe_per_round": float(r.data.params.get("cost.nfe_per_round", "nan")),
-               "rounds": int(r.data.params.get("rounds", 0))}
+               "rounds": int(r.data.params.get("rounds", 0)),
+               "weights": "ema" if "knobs.ema.decay" in r.data.params else "live"}
         rows.append(row | dict(r.data.metrics))
     df = pd.DataFrame(rows)
     df["order"] = df["method"].map(lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
@@ -68,7 +69,16 @@ def main_table(df, cols, out) -> list[Path]:
             if k in d}
     s = summarise(d, ["Method"], list(cols) + list(cost))
     shown = formatted(s, ["Method"], cols | cost, {"nfe_per_round": 0, "cost/total_nfe": 0, "time/train_s": 1})
-    return write_table(shown, s, out, "table1_main", "Table 1. Main comparison (held-out prompts)", STD_NOTE)
+    return write_table(shown, s, out, "table1_main", "Table 1. Main comparison (held-out prompts)", STD_NOTE + ema_note(d))
+
+
+def ema_note(df) -> str:
+    """Which rows score an EMA of the weights (as Flow-GRPO's official evaluation) rather than the live weights."""
+    if "weights" not in df:
+        return ""
+    ema = sorted(set(df.loc[df.weights == "ema", "method"]), key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
+    return f" {', '.join(NAMES.get(m, m) for m in ema)}: scores of the EMA of the weights (g2rpo.ema), as its official " \
+           "evaluation; the other rows: the weights after the last round." if ema else ""
 
 
 def ablation_table(df, cols, out, field, other, stem, title, label) -> list[Path]:

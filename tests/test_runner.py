@@ -110,6 +110,7 @@ def test_smoke_run_writes_tables_and_mlflow_runs(smoke):
     assert len(models) == 5 * 2 + 2 and all(m.with_suffix(".json").is_file() for m in models)
     weights = {json.loads(m.with_suffix(".json").read_text())["weights"] for m in models if m.name.startswith("flowgrpo")}
     assert weights == {"ema"}  # Flow-GRPO evaluates and saves its weight average, as the official code
+    assert "Flow-GRPO: scores of the EMA of the weights" in (out / "table1_main.md").read_text()
     table = pd.read_csv(out / "table1_main.csv")
     assert list(table.Method) == ["Base model", "DanceGRPO", "MixGRPO", "Flow-GRPO", "G²RPO w/o MGAI", "G²RPO"]
     assert (table["eval/brightness|count"].iloc[1:] == 2).all()
