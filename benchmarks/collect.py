@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from g2rpo.errors import one_line
 from g2rpo.files import write_text
 
 from .plan import BASE
@@ -49,13 +50,12 @@ def read_evaluation(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dic
     try:
         meta = pd.DataFrame([json.loads(ln) for ln in (folder / "metadata.jsonl").read_text().splitlines() if ln.strip()])
         scores = pd.read_csv(folder / "scores.csv")
-        summary = pd.read_csv(folder / "summary.csv")
-    except (OSError, ValueError) as e:
-        raise CollectError(f"{folder} is not an evaluation written by python -m eval.evaluate ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    rewards = list(dict.fromkeys(summary.reward))
-    identity = str(meta.checkpoint.iloc[0])
-    row = {"folder": str(folder)} | {f"eval/{r}": float(scores[r].mean()) for r in rewards}
+        rewards = list(dict.fromkeys(pd.read_csv(folder / "summary.csv")["reward"]))
+        identity = str(meta["checkpoint"].iloc[0])
+        row = {"folder": str(folder)} | {f"eval/{r}": float(scores[r].mean()) for r in rewards}
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise CollectError(f"{folder} is not an evaluation written by python -m eval.evaluate "
+                           f"({one_line(e)})") from None
     if identity == "base":
         return row | {"method": BASE, "variant": "default", "seed": 0, "nfe_per_round": math.nan,
                       "cost/total_nfe": 0.0}, scores, meta, None

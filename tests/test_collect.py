@@ -1,4 +1,6 @@
 """python -m benchmarks.collect: tables from models trained by g2rpo.train and scored by eval.evaluate apart."""
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -53,3 +55,9 @@ def test_evaluations_made_differently_are_refused(evaluations, tmp_path, capsys)
     assert "both evaluate g2rpo default seed 0" in capsys.readouterr().err
     assert collect([str(tmp_path / "nowhere"), "--out", str(tmp_path / "t")]) == 2
     assert "is not an evaluation written by" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    shutil.copytree(f["g2rpo-seed1"], broken)
+    (broken / "scores.csv").write_text("prompt_index,image_index\n0,0\n")  # the reward columns are gone
+    assert collect([str(f["base"]), str(broken), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "broken is not an evaluation written by" in err and "KeyError" in err and len(err.strip().splitlines()) == 1
