@@ -28,6 +28,7 @@ from g2rpo.errors import one_line
 from g2rpo.files import write_text
 
 from .plan import BASE
+from .render import write_all
 from .table import ablation_table, headers, main_table, paired_from_scores
 
 ALIKE = ("prompt", "seed", "steps", "shift", "image_index", "tier")
@@ -140,13 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("results/collected"))
     a = ap.parse_args(argv)
     command = "python -m benchmarks.collect " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    try:
-        files = build(a.folders, a.out, command)
-    except CollectError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(files)} files to {a.out}/")
-    return 0
+    return write_all(lambda: build(a.folders, a.out, command), a.out, (CollectError,))
 
 
 if __name__ == "__main__":

@@ -78,3 +78,16 @@ def bootstrap_ci(x, level: float = 0.95, n_boot: int = 4000, seed: int = 0) -> t
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
     return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
+
+
+def write_all(make, out: Path, errors: tuple[type[BaseException], ...]) -> int:
+    """A table command's ending: ``make()`` writes the files; one-line error and exit 2 on ``errors``."""
+    import sys
+
+    try:
+        files = make()
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(files)} files to {out}/")
+    return 0

@@ -16,7 +16,7 @@ import pandas as pd
 from g2rpo.files import atomic, write_text
 
 from .plan import BASE
-from .render import bootstrap_ci, formatted, summarise, write_table
+from .render import bootstrap_ci, formatted, summarise, write_all, write_table
 from .tracking import shown_uri
 
 NAMES = {BASE: "Base model", "dancegrpo": "DanceGRPO", "mixgrpo": "MixGRPO", "flowgrpo": "Flow-GRPO",
@@ -277,14 +277,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     from .tracking import open_store
 
-    try:
-        client, exp_id = open_store(a.tracking_uri, a.experiment, None, create=False)
-        files = build_tables(a.tracking_uri, exp_id, a.out, a.parent_run_id)
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(files)} files to {a.out}/")
-    return 0
+    def make():
+        _, exp_id = open_store(a.tracking_uri, a.experiment, None, create=False)
+        return build_tables(a.tracking_uri, exp_id, a.out, a.parent_run_id)
+
+    return write_all(make, a.out, (RuntimeError,))
 
 
 if __name__ == "__main__":
