@@ -10,12 +10,19 @@ method's official default; every value is recorded with each run.
 two prompts per round, M = {0..3} (the first 40% of steps, as 0..7 of 16), Lambda = {1, 2} (official scripts),
 the two in-domain pocket rewards (alignment + category, as HPS + CLIP), one common learning rate (POCKET_LR),
 evaluation on all 191 held-out prompts. ``smoke`` runs every code path in seconds on the tiny in-code model.
+
+``flowgrpo-sd35`` is Flow-GRPO's own SD3.5-medium PickScore setting (not in the G2RPO paper): 512 px, diffusers'
+flow-match grid with N = 10 ("denoising reduction") fed float timesteps, true CFG 4.5, G = 24, 48 prompts per
+round, PickScore/26, LoRA r 32 / alpha 64 in bf16, KL beta 0.01, EMA for evaluation, 40 ODE steps at evaluation.
+The official runs have no fixed length (stopped by hand): 300 rounds here. The other methods run in it with
+their own defaults.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from .config import OptimConfig, SharedConfig
+from .ema import EMAConfig
 
 
 @dataclass
@@ -71,6 +78,16 @@ PRESETS: dict[str, Preset] = {
                             rounds=300, rewards={"hps": 1.0, "clip": 1.0}, precision="bf16"),
         knobs={"g2rpo": {"eta": 0.7, "eta_step_list": tuple(range(8)), "granular_list": (1, 2, 3)}},
         eval=EvalSettings(num_prompts=400, steps=50),
+        seeds=1,
+    ),
+    "flowgrpo-sd35": Preset(
+        # Flow-GRPO's own PickScore setting (config/grpo.py pickscore_sd3, 32 GPUs): 48 groups of 24 per epoch
+        shared=SharedConfig(model="sd35", num_steps=10, shift=3.0, schedule="flow_match", timestep_convention="float",
+                            num_generations=24, prompts_per_round=48, rounds=300, rewards={"pickscore_26": 1.0},
+                            precision="bf16", lora="flowgrpo-sd3"),
+        # two micro-batches of 9 per GPU make one optimizer step there, so its EMA moves twice at a moving step
+        knobs={"flowgrpo": {"beta": 0.01, "ema": EMAConfig(repeats=2)}},
+        eval=EvalSettings(num_prompts=0, steps=40),
         seeds=1,
     ),
     "smoke": Preset(

@@ -39,6 +39,16 @@ def test_dry_run_json_is_the_cost_accounting():
     assert "granular_list=1,2" in {x["variant"] for x in rows}  # {1} is the w/o-MGAI run, not run twice
 
 
+def test_flowgrpo_sd35_preset_is_a_valid_plan_for_every_method():
+    """Flow-GRPO's own SD3.5 setting: every method validates against it, and its Flow-GRPO knobs are the official ones."""
+    r = run("benchmarks.run", "--preset", "flowgrpo-sd35", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    assert {x["method"] for x in json.loads(r.stdout)} == {"g2rpo", "g2rpo-wo-mgai", "flowgrpo", "dancegrpo", "mixgrpo"}
+    p = preset("flowgrpo-sd35")
+    m = make_method("flowgrpo", p.knobs)
+    assert (m.cfg.beta, m.ema.decay, m.ema.update_step_interval, m.ema.repeats) == (0.01, 0.9, 8, 2)
+
+
 def test_lr_flag_sets_every_methods_learning_rate_only():
     r = run("benchmarks.run", "--dry-run", "--json", "--lr", "1e-4")
     assert r.returncode == 0, r.stderr
