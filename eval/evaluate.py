@@ -42,7 +42,8 @@ def load_model(checkpoint: str, tier_name: str):
     tier = load_tier(meta["tier"])
     policy = apply_model_settings(tier.make_policy(), meta.get("settings", {}))
     load_strict(policy, state, path, origin)
-    return tier, policy.eval(), dict(meta.get("in_domain", {})), f"{path} sha256:{sha256(path)[:16]}"
+    identity = f"{path.resolve()} sha256:{sha256(path)[:16]}"  # absolute: benchmarks.collect may run from elsewhere
+    return tier, policy.eval(), dict(meta.get("in_domain", {})), identity
 
 
 def pick_rewards(names: list[str], tier, reward_dir: Path | None) -> dict:
