@@ -48,7 +48,10 @@ def _tiny(kind: str = "flux") -> Tier:
     return Tier(name, lambda: make(0), HashTextEncoder(), rewards, TINY_TRAIN, TINY_EVAL)
 
 
-def _pocket() -> Tier:
+def _pocket(task: str = "emoji") -> Tier:
+    """The pocket generator on one of its tasks: 'emoji' (emoji captions, the learned heads' task) or 'binding'
+    ("a {colour} {object} emoji" scored by rules, ``pocket/binding.py``), each with its own prompts and rewards."""
+    from .pocket import binding
     from .pocket.data import prompts
     from .pocket.model import load_generator
     from .pocket.rewards import pocket_rewards, text_encoder
@@ -56,6 +59,10 @@ def _pocket() -> Tier:
     def make_policy() -> FlowPolicy:
         return load_generator().requires_grad_(True)  # loaded frozen for sampling; RL trains every weight
 
+    if task == "binding":
+        rewards = {"pocket_binding": binding.Binding()} | pocket_rewards()
+        return Tier("pocket-binding", make_policy, text_encoder(), rewards, binding.prompts("train"),
+                    binding.prompts("heldout"))
     return Tier("pocket", make_policy, text_encoder(), pocket_rewards(), prompts("train"), prompts("heldout"))
 
 
@@ -72,6 +79,7 @@ def _sd35() -> Tier:
 
 
 LOADERS: dict[str, Callable[[], Tier]] = {"tiny": _tiny, "tiny-sd3": lambda: _tiny("sd3"), "pocket": _pocket,
+                                          "pocket-binding": lambda: _pocket("binding"),
                                           "flux-dev": _flux_dev, "sd35": _sd35}
 
 
