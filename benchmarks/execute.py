@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from eval.generate import generate, save_png, score
+from eval.generate import prompt_scores, save_png
 from g2rpo.checkpoint import save_policy
 from g2rpo.files import alive, atomic, remove_stale
 from g2rpo.loop import Trainer, trained_meta
@@ -39,23 +39,42 @@ def sigmas_for(p: Preset, steps: int) -> torch.Tensor:
     return dataclasses.replace(p.shared, num_steps=steps).sigmas()
 
 
-def evaluate(policy, p: Preset, tier: Tier, extra_steps: list[int], tmp: Path, log_artifact) -> dict[str, float]:
-    """Score the held-out prompts at the main and extra step counts; per-prompt CSVs and a sample row as artifacts."""
+def evaluate(policy, p: Preset, tier: Tier, extra_steps: list[int], tmp: Path, log_artifact,
+             noise_floor: bool = False) -> dict[str, float]:
+    """Score the held-out prompts at the main and extra step counts; per-prompt CSVs and a sample row as artifacts.
+    With ``noise_floor`` the main evaluation is repeated with other evaluation noise (``noise2_scores_*.csv``): one
+    model scored twice, the floor below which a difference is the evaluation's own noise."""
     prompts = tier.eval_prompts[: p.eval.num_prompts or None]
     metrics = {}
-    for steps in [eval_steps(p)] + [s for s in extra_steps if s != eval_steps(p)]:
-        images = generate(policy, tier.text, prompts, sigmas_for(p, steps), seed=p.eval.seed)
-        scores = score(images, prompts, tier.rewards)
+    runs = [(s, p.eval.seed, "") for s in [eval_steps(p)] + [s for s in extra_steps if s != eval_steps(p)]]
+    runs += [(eval_steps(p), p.eval.seed + 1, "noise2_")] if noise_floor else []
+    for steps, seed, tag in runs:
+        scores, images = prompt_scores(policy, tier.text, prompts, sigmas_for(p, steps), tier.rewards, seed,
+                                       p.eval.images_per_prompt, gap=tuple(p.shared.rewards))
         df = pd.DataFrame({"prompt_index": range(len(prompts)), "prompt": prompts} | {k: v.numpy() for k, v in scores.items()})
-        df.to_csv(tmp / f"scores_{steps}steps.csv", index=False)
-        log_artifact(tmp / f"scores_{steps}steps.csv", "eval")
-        main = steps == eval_steps(p)
-        for k, v in scores.items():
-            metrics[f"eval/{k}" if main else f"eval_{steps}steps/{k}"] = float(v.mean())
+        df.to_csv(tmp / f"{tag}scores_{steps}steps.csv", index=False)
+        log_artifact(tmp / f"{tag}scores_{steps}steps.csv", "eval")
+        main = steps == eval_steps(p) and not tag
+        prefix = "eval/" if main else "eval_noise2/" if tag else f"eval_{steps}steps/"
+        metrics |= {prefix + k: float(v.mean()) for k, v in scores.items()}
         if main:
             save_png(torch.cat(list(images[: p.eval.grid_prompts]), dim=2), tmp / "row.png")  # side by side, native size
             log_artifact(tmp / "row.png", "samples")
     return metrics
+
+
+def curve_point(trainer: Trainer, p: Preset, tier: Tier, shared) -> dict[str, float]:
+    """In-domain rewards of the fixed curve set (first n held-out and train prompts, evaluation noise, ODE) with the
+    weights the method evaluates: a learning curve that the draw of a round's prompts does not move."""
+    n = p.eval.curve_prompts or None
+    rewards = {k: tier.rewards[k] for k in shared.rewards}
+    out = {}
+    with trainer.evaluation_weights():
+        for split, prompts in (("heldout", tier.eval_prompts[:n]), ("train", tier.train_prompts[:n])):
+            scores, _ = prompt_scores(trainer.policy, tier.text, prompts, sigmas_for(p, eval_steps(p)), rewards,
+                                      p.eval.seed, stats=False)
+            out |= {f"curve/{split}/{k}": float(v.mean()) for k, v in scores.items()}
+    return out
 
 
 def run_key(spec: RunSpec, p: Preset, extra_steps: list[int], commit: str) -> str:
@@ -102,7 +121,8 @@ def execute_one(spec: RunSpec, p: Preset, tier: Tier, extra_steps: list[int], ta
 def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt, rec, local, resuming) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         state = torch.load(ckpt, weights_only=True) if resuming and ckpt.exists() else None
-        t0, cum_nfe, done_train_s = time.perf_counter(), 0, 0.0
+        t0, cum_nfe, done_train_s, curve_s = time.perf_counter(), 0, 0.0, 0.0
+        every = p.eval.curve_every
         if method is not None:
             trainer = Trainer(policy, tier.text, method, tier.rewards, shared, tier.train_prompts)  # reference = base
             if state is not None:
@@ -112,14 +132,24 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
                        initial=trainer.round_idx, total=spec.rounds, leave=False)
             first = next(iter(shared.rewards))
             for r in bar:
+                if every and (r % every == 0):  # the curve point before round r; its time is not training time
+                    tc = time.perf_counter()
+                    train_s = done_train_s + tc - t0 - curve_s
+                    rec.metrics(local, curve_point(trainer, p, tier, shared) | {"curve/cum_nfe": cum_nfe,
+                                                                                 "curve/wall_s": train_s}, step=r)
+                    curve_s += time.perf_counter() - tc
                 m = trainer.step()
                 cum_nfe += m["nfe_rollout"] + m["nfe_train"] + m["nfe_reference"]
                 metrics = {f"train/{k}": float(v) for k, v in m.items() if k != "round"}
-                train_s = done_train_s + time.perf_counter() - t0
+                train_s = done_train_s + time.perf_counter() - t0 - curve_s
                 rec.metrics(local, metrics | {"train/cum_nfe": cum_nfe, "train/wall_s": train_s}, step=r)
                 save_checkpoint(ckpt, trainer.state_dict() | {"cum_nfe": cum_nfe, "train_s": train_s})
                 bar.set_postfix({first: f"{m[f'reward/{first}']:.4f}"})
-        t_train = time.perf_counter() - t0
+            if every:  # the last point: the model the tables score
+                rec.metrics(local, curve_point(trainer, p, tier, shared) | {
+                    "curve/cum_nfe": cum_nfe, "curve/wall_s": done_train_s + time.perf_counter() - t0 - curve_s},
+                    step=spec.rounds)
+        t_train = time.perf_counter() - t0 - curve_s
         policy.eval()
         # the weights a method evaluates: Flow-GRPO's EMA, the live ones otherwise
         with trainer.evaluation_weights() if method is not None else contextlib.nullcontext():
@@ -127,8 +157,9 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
                 model = ckpt.parent.parent / "models" / f"{spec.method}-{spec.variant}-seed{spec.seed}.safetensors"
                 save_policy(policy, model, trained_meta(method, shared, spec.rounds, spec.variant) | {"run_key": local})
                 rec.tags(local, {"checkpoint": str(model)})
-            res = evaluate(policy, p, tier, extra_steps, Path(tmp), lambda path, folder: rec.artifact(local, path, folder))
-        res |= {"time/train_s": done_train_s + t_train, "time/eval_s": time.perf_counter() - t0 - t_train,
+            res = evaluate(policy, p, tier, extra_steps, Path(tmp), lambda path, folder: rec.artifact(local, path, folder),
+                           noise_floor=method is None)
+        res |= {"time/train_s": done_train_s + t_train, "time/eval_s": time.perf_counter() - t0 - t_train - curve_s,
                 "cost/total_nfe": cum_nfe}
         rec.metrics(local, res)
     return res

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from g2rpo.files import atomic, write_text
@@ -114,14 +115,30 @@ def steps_table(df, ind, ood, stats, steps: list[int], main_steps: int, out) -> 
     return write_table(shown, s, out, "table3_steps", "Table 3. Evaluation at several ODE step counts", STD_NOTE)
 
 
-def paired_table(client, df, ind, ood, main_steps, out) -> list[Path]:
-    """Per held-out prompt: method (mean over seeds) minus base, mean difference with a 95% bootstrap interval."""
+def load_scores(client, df, main_steps: int, tag: str = "") -> dict[str, list[pd.DataFrame]]:
+    """Per-prompt score frames (indexed by prompt_index) of every seed of every default-variant method."""
     tmp = Path(tempfile.mkdtemp())
     scores = {}
     for r in df[df.variant == "default"].itertuples():
-        path = client.download_artifacts(r.run_id, f"eval/scores_{main_steps}steps.csv", str(tmp / r.run_id))
+        path = client.download_artifacts(r.run_id, f"eval/{tag}scores_{main_steps}steps.csv", str(tmp / r.run_id))
         scores.setdefault(r.method, []).append(pd.read_csv(path).set_index("prompt_index"))
-    return paired_from_scores(scores, ind, ood, out)
+    return scores
+
+
+def precision_tables(client, df, scores, ind, ood, main_steps, out) -> list[Path]:
+    """The precision summaries, the probability of improvement per in-domain reward and the noise floor."""
+    from . import precision
+
+    gaps = [f"gap/{m}" for m in ind if f"gap/{m}" in scores[BASE][0]] if BASE in scores else []
+    files = precision.summary_table(scores, ind + gaps, NAMES, out)
+    for rew in ind:
+        files += precision.improvement_table(scores, rew, NAMES, out)
+    files += precision.guard_table(scores, NAMES, out)
+    base = df[(df.method == BASE)]
+    if not base.empty and "eval_noise2/" + ind[0] in df:
+        base2 = load_scores(client, base, main_steps, "noise2_")[BASE][0]
+        files += precision.noise_floor_table(scores[BASE][0], base2, ind + ood, out)
+    return files
 
 
 def paired_from_scores(scores: dict[str, list[pd.DataFrame]], ind, ood, out) -> list[Path]:
@@ -148,7 +165,36 @@ def paired_from_scores(scores: dict[str, list[pd.DataFrame]], ind, ood, out) -> 
     return write_table(pd.DataFrame(rows), pd.DataFrame(raw), out, "paired_vs_base", "Paired comparison with the base model", note)
 
 
+def history(client, run_id: str, key: str) -> dict[int, float]:
+    """step -> value of one metric; a step re-logged after a resume counts once (the last value)."""
+    return {x.step: x.value for x in sorted(client.get_metric_history(run_id, key), key=lambda x: x.timestamp)}
+
+
+def curve_frame(client, df, ind) -> pd.DataFrame:
+    """One row per (method, seed, curve point): round, cumulative NFE, training seconds, fixed-set rewards."""
+    rows = []
+    for r in df[(df.variant == "default") & (df.method != BASE)].itertuples():
+        keys = {"cum_nfe": "curve/cum_nfe", "wall_s": "curve/wall_s"} | {
+            f"{split}/{rew}": f"curve/{split}/{rew}" for split in ("heldout", "train") for rew in ind}
+        h = {k: history(client, r.run_id, v) for k, v in keys.items()}
+        for step in sorted(h["cum_nfe"]):
+            rows.append({"method": r.method, "seed": r.seed, "round": step} | {k: v.get(step) for k, v in h.items()})
+    return pd.DataFrame(rows)
+
+
+def band(vals: pd.DataFrame) -> tuple:
+    """Mean over seeds (rows) and its 95% t-interval half-width per column (0 with one seed)."""
+    from scipy import stats
+
+    n = vals.notna().sum().to_numpy()
+    half = np.where(n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * vals.std().fillna(0).to_numpy() / np.sqrt(n), 0.0)
+    return vals.mean().to_numpy(), half
+
+
 def curves(client, df, ind, out) -> list[Path]:
+    """Fixed-set learning curves (held-out and train prompts, fixed noise, ODE) against rounds, cumulative model
+    evaluations and training seconds, with 95% bands over seeds; presets without a curve set fall back to the
+    mean reward of the training rollouts, and say so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,14 +203,63 @@ def curves(client, df, ind, out) -> list[Path]:
     d = df[(df.variant == "default") & (df.method != BASE)]
     if d.empty or not ind:
         return []
+    cf = curve_frame(client, df, ind)
+    if cf.empty:
+        return rollout_curves(client, d, ind, out)
+    panels = [(split, rew) for rew in ind for split in ("heldout", "train")]
+    xs = (("round", "round"), ("cum_nfe", "cumulative model evaluations (NFE)"), ("wall_s", "training seconds"))
+    fig, axes = plt.subplots(len(panels), 3, figsize=(15, 3.4 * len(panels)), squeeze=False)
+    for m, runs in cf.groupby("method", sort=False):
+        for i, (split, rew) in enumerate(panels):
+            wide = runs.pivot(index="seed", columns="round", values=f"{split}/{rew}")
+            mu, half = band(wide)
+            for ax, (x, label) in zip(axes[i], xs):
+                xv = runs.pivot(index="seed", columns="round", values=x).mean().to_numpy()
+                ax.plot(xv, mu, marker=".", label=f"{NAMES.get(m, m)} ({len(wide)} seeds)")
+                ax.fill_between(xv, mu - half, mu + half, alpha=0.2)
+                ax.set(xlabel=label, ylabel=f"{rew}, {split} prompts")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Fixed-set learning curves (same prompts and noise at every point; mean and 95% t-interval over seeds)")
+    return [save_figure(fig, out / "curves.png")] + equal_nfe_table(cf, ind, out)
+
+
+def equal_nfe_table(cf: pd.DataFrame, ind, out) -> list[Path]:
+    """Every method at the same number of model evaluations: the fixed-set held-out reward at the smallest budget all
+    methods reached, interpolated linearly between curve points of each seed."""
+    last = cf.groupby(["method", "seed"]).cum_nfe.max()
+    budget = float(last.min())
+    shown, raw = [], []
+    for m, runs in cf.groupby("method", sort=False):
+        row = {"Method": NAMES.get(m, m)}
+        rec = {"method": m, "budget_nfe": budget}
+        for rew in ind:
+            per_seed = [float(np.interp(budget, g.cum_nfe, g[f"heldout/{rew}"])) for _, g in runs.sort_values("round").groupby("seed")]
+            start = runs[runs["round"] == 0][f"heldout/{rew}"].mean()
+            mu, half = band(pd.DataFrame([per_seed]).T)
+            row[f"{rew} at {budget:.0f} NFE"] = f"{mu[0]:.4f} ± {half[0]:.4f} ({len(per_seed)})"
+            row[f"Δ {rew} from round 0"] = f"{mu[0] - start:+.4f}"
+            rec |= {f"{rew}": mu[0], f"{rew}_half_ci": half[0], f"{rew}_round0": start, "seeds": len(per_seed)}
+        rounds = [float(np.interp(budget, g.cum_nfe, g["round"])) for _, g in runs.groupby("seed")]
+        row["rounds at budget"] = f"{np.mean(rounds):.1f}"
+        rec["rounds_at_budget"] = float(np.mean(rounds))
+        shown.append(row)
+        raw.append(rec)
+    note = (f"Equal compute: each method's fixed-set reward on the held-out curve prompts (one image per prompt, fixed "
+            f"noise) when it had spent {budget:.0f} model evaluations, the smallest total any method reached; linear "
+            "interpolation between curve points; mean ± 95% t-interval over seeds (n). Round 0 is the base model.")
+    return write_table(pd.DataFrame(shown), pd.DataFrame(raw), out, "equal_nfe", "Equal model evaluations (NFE)", note)
+
+
+def rollout_curves(client, d, ind, out) -> list[Path]:
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(len(ind), 2, figsize=(11, 3.6 * len(ind)), squeeze=False)
     for m, runs in d.groupby("method", sort=False):
         hist = {k: [] for k in ind + ["cum_nfe"]}
         for rid in runs.run_id:
             for k in hist:
-                key = f"train/reward/{k}" if k != "cum_nfe" else "train/cum_nfe"
-                h = {x.step: x.value for x in sorted(client.get_metric_history(rid, key), key=lambda x: x.timestamp)}
-                hist[k].append([h[s] for s in sorted(h)])  # a round re-logged after a resume counts once
+                h = history(client, rid, f"train/reward/{k}" if k != "cum_nfe" else "train/cum_nfe")
+                hist[k].append([h[s] for s in sorted(h)])
         n = min(len(v) for v in hist["cum_nfe"])
         if n == 0:
             continue
@@ -179,7 +274,8 @@ def curves(client, df, ind, out) -> list[Path]:
         axes[i][0].set(xlabel="round", ylabel=f"train reward: {rew}")
         axes[i][1].set(xlabel="cumulative model evaluations (NFE)", ylabel=f"train reward: {rew}")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("In-domain reward of the training rollouts (mean ± std over seeds)")
+    fig.suptitle("In-domain reward of the training rollouts (mean ± std over seeds; no fixed curve set in this preset: "
+                 "these move with the round's prompts and are not learning curves)")
     return [save_figure(fig, out / "curves.png")]
 
 
@@ -230,9 +326,12 @@ def build_tables(uri: str, exp_id: str, out: Path, parent_run_id: str | None = N
     out.mkdir(parents=True, exist_ok=True)
     ind, ood, stats = reward_columns(parent, df)
     cols = {c: h for c, h in headers(ind, ood, stats).items() if c in df}
+    cols |= {f"eval/gap/{m}": f"{m} gap (own − other prompt)" for m in ind if f"eval/gap/{m}" in df}
     steps = [int(s) for s in parent.data.tags.get("eval_steps", "").split(",") if s]
     files = main_table(df, cols, out)
-    files += paired_table(client, df, ind, ood, steps[0], out)
+    scores = load_scores(client, df, steps[0])
+    files += paired_from_scores(scores, ind, ood, out)
+    files += precision_tables(client, df, scores, ind, ood, steps[0], out) if ind else []
     files += ablation_table(df, cols, out, "granular_list", "eta_step_list", "table2_granularity",
                             "Table 2. Granularity set Λ (G²RPO)", "Λ")
     files += ablation_table(df, cols, out, "eta_step_list", "granular_list", "table_eta_steps",
@@ -260,7 +359,11 @@ def write_readme(parent, df, files, out: Path, uri: str, experiment: str) -> Pat
              f"in-domain rewards: {t.get('in_domain')}; out-of-domain: {t.get('out_of_domain') or 'none'}",
              f"- MLflow parent run `{parent.info.run_id}`; rebuild these files from the store with "
              f"`python -m benchmarks.table --tracking-uri {shown_uri(uri)} --experiment {experiment}`",
-             f"- rewards: {t.get('rewards')}", ""]
+             f"- rewards: {t.get('rewards')}"]
+    lines += [f"- {text}: [`{name}`]({name})" for name, text in (
+        ("sweep.md", "learning rates, selected per method family on the train prompts"),
+        ("SIGNAL.md", "what was tried to give this benchmark a signal, and what each gave")) if (out / name).exists()]
+    lines += [""]
     for f in files:
         if f.suffix == ".md":
             lines += [f.read_text(), ""]

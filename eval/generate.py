@@ -57,3 +57,31 @@ def score(images: torch.Tensor, prompts: list[str], rewards: dict[str, Reward], 
         for name, v in image_stats(imgs).items():
             out.setdefault(f"stat/{name}", []).append(v)
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def derangement(n: int) -> list[int]:
+    """A fixed permutation of range(n) that moves every index (seeded, the same in every run)."""
+    if n < 2:
+        return list(range(n))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+    return [perm[(perm.index(i) + 1) % n] for i in range(n)]  # each index -> the next in a random cycle
+
+
+def prompt_scores(policy: FlowPolicy, text: TextEncoder, prompts: list[str], sigmas: torch.Tensor,
+                  rewards: dict[str, Reward], seed: int = 0, images_per_prompt: int = 1, stats: bool = True,
+                  gap: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-prompt scores, each the mean over the prompt's images 0..k-1 (fixed noise), and the images of image 0.
+    Averaging a few images per prompt before any comparison shrinks the evaluation noise of small prompt sets.
+    For each reward named in ``gap`` also ``gap/<name>``: the score with the image's own prompt minus the score with
+    another prompt of the set (a fixed derangement), the share of the score that is about the prompt."""
+    total: dict[str, torch.Tensor] = {}
+    first = None
+    other = [prompts[i] for i in derangement(len(prompts))]
+    for j in range(images_per_prompt):
+        images = generate(policy, text, prompts, sigmas, seed=seed, image_index=j)
+        first = images if first is None else first
+        s = {k: v for k, v in score(images, prompts, rewards).items() if stats or not k.startswith("stat/")}
+        s |= {f"gap/{k}": s[k] - rewards[k](images, other) for k in gap}
+        for k, v in s.items():
+            total[k] = total.get(k, 0) + v / images_per_prompt
+    return total, first

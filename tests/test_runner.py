@@ -143,12 +143,39 @@ def test_smoke_run_writes_tables_and_mlflow_runs(smoke):
     assert "peak RSS" in (out / "README.md").read_text()
 
 
+def test_smoke_run_reports_precision_curves_and_guards(smoke):
+    out, _ = smoke
+    prec = pd.read_csv(out / "precision.csv")
+    assert set(prec.method) == {"base", "dancegrpo", "mixgrpo", "flowgrpo", "g2rpo-wo-mgai", "g2rpo"}
+    assert (prec.mean_low <= prec["mean"]).all() and (prec["mean"] <= prec.mean_high).all()
+    assert {"gap/brightness", "brightness"} <= set(prec.reward)  # the alignment gap of every in-domain reward
+    poi = pd.read_csv(out / "improvement_brightness.csv")
+    assert len(poi) == 5 * 4 and poi.poi.between(0, 1).all() and (poi.min_detectable_diff > 0).all()
+    pairs = poi.set_index(["method", "versus"]).poi
+    assert all(abs(pairs[(a, b)] + pairs[(b, a)] - 1) < 1e-9 for a, b in pairs.index)  # P(X > Y) + P(Y > X) = 1
+    floor = pd.read_csv(out / "noise_floor.csv")
+    assert set(floor.reward) >= {"brightness", "redness", "contrast"} and (floor.sd_per_prompt > 0).all()
+    assert set(pd.read_csv(out / "guards.csv").guard) == {"saturation", "brightness", "colour_entropy"}
+    eq = pd.read_csv(out / "equal_nfe.csv")
+    assert len(eq) == 5 and eq.budget_nfe.nunique() == 1 and (eq.rounds_at_budget <= 2).all()
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("g2rpo-bench/smoke")
+    run = client.search_runs([exp.experiment_id], "tags.method = 'g2rpo' and tags.variant = 'default'")[0]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "curve/heldout/brightness")]
+    assert sorted(steps) == [0, 1, 2]  # before round 0, after every round (curve_every 1), the final model
+    nfe = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "curve/cum_nfe")}
+    assert nfe[0] == 0 and nfe[2] == run.data.metrics["cost/total_nfe"]
+
+
 def test_tables_rebuild_from_mlflow_alone(smoke, tmp_path):
     out, _ = smoke
     r = run("benchmarks.table", "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", "g2rpo-bench/smoke",
             "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    for f in ["table1_main.md", "table1_main.csv", "paired_vs_base.csv", "table2_granularity.md", "table3_steps.tex"]:
+    for f in ["table1_main.md", "table1_main.csv", "paired_vs_base.csv", "table2_granularity.md", "table3_steps.tex",
+              "precision.csv", "noise_floor.csv", "equal_nfe.csv", "guards.md"]:
         assert (tmp_path / f).read_text() == (out / f).read_text(), f
 
 
