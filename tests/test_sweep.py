@@ -1,0 +1,39 @@
+"""The learning-rate selection rule, its command, and the pocket preset taking what it selected."""
+import json
+from pathlib import Path
+
+from benchmarks.sweep import main, select
+from g2rpo.presets import POCKET_LRS, preset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_rule_takes_the_highest_mean_and_the_smaller_rate_on_a_tie():
+    assert select({"g2rpo": {1e-5: 0.1, 1e-4: 0.3, 3e-4: 0.2}}) == {"g2rpo": 1e-4}
+    assert select({"dancegrpo": {3e-5: 0.2, 1e-4: 0.2}}) == {"dancegrpo": 3e-5}
+
+
+def test_pocket_preset_uses_the_committed_selection():
+    sweep = json.loads((ROOT / "results" / "pocket" / "sweep.json").read_text())
+    assert sweep["rounds"] == preset("pocket").shared.rounds
+    assert POCKET_LRS == sweep["selected"]
+    for family, lr in POCKET_LRS.items():
+        assert preset("pocket").knobs[family]["optim"].lr == lr
+
+
+def test_sweep_runs_and_writes_its_tables(tmp_path):
+    assert main(["--preset", "smoke", "--families", "g2rpo,dancegrpo", "--lrs", "1e-4,1e-3", "--rounds", "1",
+                 "--out", str(tmp_path)]) == 0
+    got = json.loads((tmp_path / "sweep.json").read_text())
+    assert set(got["selected"]) == {"g2rpo", "dancegrpo"} and len(got["runs"]) == 4
+    means = {(r["method"], r["lr"]): r["mean"] for r in got["runs"]}
+    assert got["selected"]["g2rpo"] == max((1e-4, 1e-3), key=lambda lr: means[("g2rpo", lr)])
+    assert "**" in (tmp_path / "sweep.md").read_text()
+
+
+def test_bad_flags_are_one_line_errors(capsys):
+    assert main(["--families", "nope"]) == 2
+    assert main(["--lrs", "2"]) == 2
+    assert main(["--preset", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
