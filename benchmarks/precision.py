@@ -107,7 +107,8 @@ def noise_floor_table(base: pd.DataFrame, base2: pd.DataFrame, rewards: list[str
 GUARD_LIMITS = {"stat/saturation": 0.20, "stat/brightness": 0.10, "stat/colour_entropy": 0.25}
 """How far the mean of each image statistic may move from the base model before a reward gain counts as hacking.
 Set before the results, from the colour-fraction probe recorded in SIGNAL.md (painting the canvas moved saturation
-+0.52 and colour entropy -0.23 bits) and the base model's own spread between evaluation noises (< 0.02)."""
++0.52 and colour entropy -0.23 bits): each limit is about half of what that hack did, or for brightness what
+painting a fifth of a white canvas in a mid-tone does; the noise floor table shows the base model's own move."""
 
 
 def guard_table(scores: dict[str, list[pd.DataFrame]], names: dict, out: Path) -> list[Path]:
@@ -134,3 +135,49 @@ def guard_table(scores: dict[str, list[pd.DataFrame]], names: dict, out: Path) -
             "stratified bootstrap. A reward gain counts as bought by degenerate images when a mean moves past its limit "
             "(✗); the sample grid shows what the numbers mean.")
     return write_table(pd.DataFrame(shown), pd.DataFrame(raw), out, "guards", "Hacking guards", note)
+
+
+def summary_lines(out: Path, ind: list[str], names: dict) -> list[str]:
+    """The headline claims, read back from the tables just written (so a rebuild states what its numbers say)."""
+    lines = []
+    paired, prec = out / "paired_vs_base.csv", out / "precision.csv"
+    if paired.exists():
+        d = pd.read_csv(paired)
+        d = d[d.reward.isin(ind)]
+        up = d[d.ci_low > 0]
+        lines.append(f"- Learns its reward (paired 95% interval vs the base entirely above 0): {len(up)} of {len(d)} "
+                     "(method, in-domain reward) pairs" + (f"; not: {', '.join(names.get(m, m) + ' ' + r for m, r in zip(d[d.ci_low <= 0].method, d[d.ci_low <= 0].reward))}"
+                                                          if len(up) < len(d) else "") + " (`paired_vs_base.csv`).")
+    if prec.exists():
+        p = pd.read_csv(prec)
+        gaps = p[p.reward.str.startswith("gap/") & p.method.ne(BASE)]
+        if not gaps.empty:
+            base = p[p.reward.str.startswith("gap/") & p.method.eq(BASE)].set_index("reward")["mean"]
+            grew = gaps[gaps.diff_low > 0]
+            lines.append(f"- Alignment gap (score with the image's own prompt minus another prompt's; base "
+                         f"{', '.join(f'{r[4:]} {v:.4f}' for r, v in base.items())}): grew with a 95% interval above 0 "
+                         f"for {len(grew)} of {len(gaps)} (method, reward) pairs (`precision.csv`, rows gap/...).")
+    for rew in ind:
+        f = out / f"improvement_{rew}.csv"
+        if f.exists():
+            q = pd.read_csv(f)
+            sep = q[(q.poi_low > 0.5)]
+            lines.append(f"- {rew}: the smallest difference of means between two methods this budget resolves is "
+                         f"{q.min_detectable_diff.min():.4f}–{q.min_detectable_diff.max():.4f} (median "
+                         f"{q.min_detectable_diff.median():.4f}); pairs whose probability of improvement excludes 0.5: "
+                         + (", ".join(f"{names.get(a, a)} > {names.get(b, b)}" for a, b in zip(sep.method, sep.versus)) or "none")
+                         + f" (`{f.name}`).")
+    nf = out / "noise_floor.csv"
+    if nf.exists():
+        n = pd.read_csv(nf)
+        n = n[n.reward.isin(ind)]
+        lines += [f"- Noise floor ({r.reward}): the base model under another evaluation noise moves by {r.diff:+.4f} "
+                  f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] (`noise_floor.csv`)." for r in n.itertuples()]
+    g = out / "guards.csv"
+    if g.exists():
+        bad = pd.read_csv(g)
+        bad = bad[~bad.within.astype(bool)]
+        lines.append("- Hacking guards: every method within the stated limits (`guards.md`)." if bad.empty else
+                     "- Hacking guards past their limits: " + ", ".join(f"{names.get(r.method, r.method)} {r.guard} "
+                                                                    f"{r.diff:+.3f}" for r in bad.itertuples()) + " (`guards.md`).")
+    return (["## Summary", ""] + lines + [""]) if lines else []

@@ -137,7 +137,8 @@ def precision_tables(client, df, scores, ind, ood, main_steps, out) -> list[Path
     base = df[(df.method == BASE)]
     if not base.empty and "eval_noise2/" + ind[0] in df:
         base2 = load_scores(client, base, main_steps, "noise2_")[BASE][0]
-        files += precision.noise_floor_table(scores[BASE][0], base2, ind + ood, out)
+        stats = [c for c in scores[BASE][0].columns if c.startswith("stat/")]
+        files += precision.noise_floor_table(scores[BASE][0], base2, ind + ood + stats, out)
     return files
 
 
@@ -364,6 +365,9 @@ def write_readme(parent, df, files, out: Path, uri: str, experiment: str) -> Pat
         ("sweep.md", "learning rates, selected per method family on the train prompts"),
         ("SIGNAL.md", "what was tried to give this benchmark a signal, and what each gave")) if (out / name).exists()]
     lines += [""]
+    from .precision import summary_lines
+
+    lines += summary_lines(out, [m for m in t.get("in_domain", "").split(",") if m], NAMES)
     for f in files:
         if f.suffix == ".md":
             lines += [f.read_text(), ""]

@@ -156,6 +156,8 @@ def test_smoke_run_reports_precision_curves_and_guards(smoke):
     floor = pd.read_csv(out / "noise_floor.csv")
     assert set(floor.reward) >= {"brightness", "redness", "contrast"} and (floor.sd_per_prompt > 0).all()
     assert set(pd.read_csv(out / "guards.csv").guard) == {"saturation", "brightness", "colour_entropy"}
+    readme = (out / "README.md").read_text()
+    assert "## Summary" in readme and "smallest difference of means" in readme and "Noise floor (brightness)" in readme
     eq = pd.read_csv(out / "equal_nfe.csv")
     assert len(eq) == 5 and eq.budget_nfe.nunique() == 1 and (eq.rounds_at_budget <= 2).all()
     import mlflow
