@@ -165,6 +165,19 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
     return res
 
 
+def describe_invocation(preset_name: str, tier: str, runs: list[RunSpec], command: str) -> str:
+    """The parent run's description (the UI shows it on the run page): what this invocation compared, in one paragraph."""
+    trained = [r for r in runs if r.method != BASE]
+    rows = list(dict.fromkeys((r.method, r.variant) for r in trained))
+    names = ", ".join(m if v == "default" else f"{m} ({v})" for m, v in rows)
+    seeds = sorted({r.seed for r in trained})
+    rounds = sorted({r.rounds for r in trained})
+    return (f"Benchmark of preset `{preset_name}` on tier `{tier}`: {names}, each with {len(seeds)} training seed(s) "
+            f"and {'/'.join(map(str, rounds))} rounds, plus the untrained base model, all scored on the held-out "
+            f"prompts; one child run per (method, variant, seed). Tables, figures and README are artifacts of this run "
+            f"(tables/, figures/). Command: `{command}`.")
+
+
 def unfinished_invocation(client, exp_id: str, digest: str):
     """The latest parent run of the same plan that did not finish (killed or failed), or None. A run still
     marked RUNNING by a live process on this host is another invocation at work, not an interrupted one."""
@@ -188,7 +201,8 @@ def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: l
     digest = hashlib.sha256(repr((preset_name, keys, str(out.resolve()))).encode()).hexdigest()[:16]
     tags = {"preset": preset_name, "git_commit": commit, "tier": tier.name,
             "rewards": "; ".join(f"{n}: {r.describe()}" for n, r in tier.rewards.items())}
-    parent_tags = tags | {"kind": "parent", "command": command, "threads": str(threads), "in_domain": ",".join(in_domain),
+    parent_tags = tags | {"kind": "parent", "mlflow.note.content": describe_invocation(preset_name, tier.name, runs, command),
+                          "command": command, "threads": str(threads), "in_domain": ",".join(in_domain),
                           "out_of_domain": ",".join(n for n in tier.rewards if n not in in_domain),
                           "eval_steps": ",".join(map(str, [eval_steps(p)] + extra_steps)), "plan_digest": digest}
     client, exp_id = rec.client, rec.exp_id

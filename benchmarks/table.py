@@ -17,6 +17,7 @@ import pandas as pd
 from g2rpo.files import atomic, write_text
 
 from .plan import BASE
+from .publish import fetch_published, publish
 from .render import bootstrap_ci, formatted, summarise, write_all, write_table
 from .tracking import shown_uri
 
@@ -46,6 +47,8 @@ def load_runs(client, exp_id: str, parent_run_id: str | None):
                "rounds": int(r.data.params.get("rounds", 0)),
                "weights": "ema" if "knobs.ema.decay" in r.data.params else "live"}
         rows.append(row | dict(r.data.metrics))
+    if not rows:
+        return parent, pd.DataFrame()
     df = pd.DataFrame(rows)
     df["order"] = df["method"].map(lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
     return parent, df.sort_values(["order", "variant", "seed"]).reset_index(drop=True)
@@ -325,6 +328,13 @@ def build_tables(uri: str, exp_id: str, out: Path, parent_run_id: str | None = N
     client = mlflow.MlflowClient(uri)
     parent, df = load_runs(client, exp_id, parent_run_id)
     out.mkdir(parents=True, exist_ok=True)
+    pid = parent.info.run_id
+    if df.empty:  # the per-run data is gone: what was published on the parent run is all there is
+        files = fetch_published(client, pid, out)
+        if not files:
+            raise RuntimeError(f"parent run {pid} has no child runs and no tables logged on it")
+        print(f"rebuilt from the tables logged on parent run {pid} (it has no child runs left)")
+        return files
     ind, ood, stats = reward_columns(parent, df)
     cols = {c: h for c, h in headers(ind, ood, stats).items() if c in df}
     cols |= {f"eval/gap/{m}": f"{m} gap (own − other prompt)" for m in ind if f"eval/gap/{m}" in df}
@@ -346,6 +356,8 @@ def build_tables(uri: str, exp_id: str, out: Path, parent_run_id: str | None = N
         prompts = pd.read_csv(p).prompt.tolist()
     files += sample_grid(client, df, out, prompts)
     files.append(write_readme(parent, df, files, out, uri, client.get_experiment(exp_id).name))
+    publish(client, pid, files)
+    print(f"built from the {len(df)} child runs of parent run {pid}; tables, figures and README logged on it")
     return files
 
 

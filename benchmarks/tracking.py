@@ -72,9 +72,12 @@ def _open(mlflow, uri, experiment, artifact_root, create):
                 raise LookupError(f"no experiment {experiment!r}")
             if exp is None:
                 loc = artifact_root.resolve().as_uri() if artifact_root is not None else None
-                exp_id = client.create_experiment(experiment, artifact_location=loc)
+                exp_id = client.create_experiment(experiment, artifact_location=loc, tags=EXPERIMENT_KIND)
             else:
                 exp_id = exp.experiment_id
+                if create and any(exp.tags.get(k) != v for k, v in EXPERIMENT_KIND.items()):  # made before the tag
+                    for k, v in EXPERIMENT_KIND.items():
+                        client.set_experiment_tag(exp_id, k, v)
             break
         except Exception as e:  # any backend failure: one line, no traceback
             msg = str(e).strip()
@@ -86,6 +89,10 @@ def _open(mlflow, uri, experiment, artifact_root, create):
             first = msg.splitlines()[0] if msg else type(e).__name__
             raise RuntimeError(f"cannot open the MLflow store {uri!r}: {first}") from None
     return client, exp_id
+
+
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""MLflow 3 opens an experiment on its GenAI overview (traces, token usage) unless this tag calls it model training."""
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:

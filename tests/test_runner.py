@@ -181,6 +181,65 @@ def test_tables_rebuild_from_mlflow_alone(smoke, tmp_path):
         assert (tmp_path / f).read_text() == (out / f).read_text(), f
 
 
+def test_the_comparison_is_on_the_parent_run(smoke, tmp_path):
+    """Every table as an MLflow table equal to its CSV (also after a rebuild published it again), every figure as a
+    PNG, the README, a description, the experiment opening as model training, and tags to group child runs by."""
+    import mlflow
+    from PIL import Image
+
+    out, _ = smoke
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    assert run("benchmarks.table", "--tracking-uri", uri, "--experiment", "g2rpo-bench/smoke", "--out",
+               str(tmp_path / "again")).returncode == 0  # publishes a second time: must replace, not append
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("g2rpo-bench/smoke")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = client.search_runs([exp.experiment_id], "tags.kind = 'parent'")[0]
+    pid = parent.info.run_id
+    assert "python -m benchmarks.run --preset smoke" in parent.data.tags["mlflow.note.content"]
+    assert "g2rpo, g2rpo-wo-mgai, flowgrpo, dancegrpo, mixgrpo" in parent.data.tags["mlflow.note.content"]
+    names = {a.path for folder in ("tables", "figures") for a in client.list_artifacts(pid, folder)}
+    names |= {a.path for a in client.list_artifacts(pid)}
+    csvs = sorted(out.glob("*.csv"))
+    assert len(csvs) >= 10 and "README.md" in names
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=exp.experiment_id)  # as a user opening the experiment would
+    for f in csvs:
+        assert f"tables/{f.stem}.json" in names and f"tables/{f.stem}.md" in names, f.name
+        got = mlflow.load_table(f"tables/{f.stem}.json", run_ids=[pid])
+        pd.testing.assert_frame_equal(got, pd.read_csv(f), check_dtype=False, rtol=1e-8)
+    shown = {x["path"] for x in json.loads(client.get_run(pid).data.tags["mlflow.loggedArtifacts"])}
+    assert shown == {f"tables/{f.stem}.json" for f in csvs}
+    for fig in ("curves.png", "samples.png"):
+        assert f"figures/{fig}" in names
+        Image.open(client.download_artifacts(pid, f"figures/{fig}", str(tmp_path))).verify()
+    for c in client.search_runs([exp.experiment_id], "tags.kind = 'child'"):
+        assert {"method", "variant", "seed", "tier", "preset", "shared_digest"} <= set(c.data.tags), c.info.run_id
+
+
+def test_tables_rebuild_from_the_parent_run_when_child_runs_are_gone(smoke, tmp_path):
+    import shutil
+
+    import mlflow
+
+    out, _ = smoke
+    store = tmp_path / "store"
+    shutil.copytree(out, store, ignore=shutil.ignore_patterns("checkpoints", "models"))
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("g2rpo-bench/smoke")
+    for c in client.search_runs([exp.experiment_id], "tags.kind = 'child'"):
+        client.delete_run(c.info.run_id)
+    r = run("benchmarks.table", "--tracking-uri", uri, "--experiment", "g2rpo-bench/smoke", "--out", str(tmp_path / "re"))
+    assert r.returncode == 0, r.stderr
+    assert "rebuilt from the tables logged on parent run" in r.stdout
+    for f in ("table1_main.md", "paired_vs_base.md", "curves.png"):
+        assert (tmp_path / "re" / f).read_bytes() == (out / f).read_bytes(), f
+    assert "## Summary" in (tmp_path / "re" / "README.md").read_text()  # the last build's (its store path may differ)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "re" / "precision.csv"), pd.read_csv(out / "precision.csv"),
+                                  check_dtype=False, rtol=1e-8)
+
+
 def test_parse_int_sets():
     assert parse_int_sets("1;1,2; 1,2,3", "x") == [(1,), (1, 2), (1, 2, 3)]
     assert parse_int_sets("0-3;4-7", "x") == [(0, 1, 2, 3), (4, 5, 6, 7)]
