@@ -6,8 +6,10 @@ on the *train* prompts (fixed evaluation noise, the preset's images per prompt; 
 at) and the rate with the highest in-domain objective (the preset's weighted reward sum) is selected. The learning
 rate is the only knob swept: it is the one every official code exposes as a tuning knob, and the official values
 are tuned for models 5,000 times larger. G2RPO w/o MGAI takes G2RPO's rate (an ablation changes Lambda alone).
-Writes ``sweep.md`` and ``sweep.json`` into ``--out``; the preset's rates (``g2rpo.presets.POCKET_LRS``) are copied
-from the latter, and a test checks they agree.
+Writes ``sweep.md``, ``sweep.csv`` and ``sweep.json`` into ``--out``; the preset's rates (``g2rpo.presets.POCKET_LRS``)
+are copied from the latter, and a test checks they agree. The same table lands in the benchmark's MLflow store (the
+runner's default, ``--tracking-uri`` otherwise) as a run tagged ``kind = sweep`` in the preset's experiment, its
+selection as params and the table under ``tables/``.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from g2rpo.presets import PRESETS, preset as get_preset
 from g2rpo.registry import METHODS, make_method
@@ -90,6 +93,21 @@ def render(rows: list[dict], chosen: dict[str, float], base: float, command: str
     return "\n".join(lines) + "\n"
 
 
+def record(client, exp_id: str, preset: str, command: str, chosen: dict[str, float], files: list[Path]) -> None:
+    """The sweep as one MLflow run beside the benchmark's invocations: selection as params, the table as artifacts."""
+    from mlflow.entities import Param
+
+    from .publish import publish
+    from .tracking import git_commit
+
+    run = client.create_run(exp_id, run_name=f"lr sweep {preset}", tags={
+        "kind": "sweep", "preset": preset, "command": command, "git_commit": git_commit(),
+        "mlflow.note.content": f"Learning-rate selection per method family on the train prompts: `{command}`."})
+    client.log_batch(run.info.run_id, params=[Param(f"selected_lr.{f}", str(lr)) for f, lr in chosen.items()])
+    publish(client, run.info.run_id, files)
+    client.set_terminated(run.info.run_id)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="pocket", help=f"one of {', '.join(sorted(PRESETS))}")
@@ -99,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1000, help="sweep seed (keep it apart from the benchmark's seeds)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="folder for sweep.md / sweep.json (default results/<preset>)")
+    ap.add_argument("--tracking-uri", help="MLflow store (default: the runner's, sqlite inside --out)")
     a = ap.parse_args(argv)
     try:
         p = get_preset(a.preset)
@@ -120,6 +139,13 @@ def main(argv=None) -> int:
     rounds = p.shared.rounds if a.rounds is None else a.rounds
     out = a.out or Path("results") / a.preset
     out.mkdir(parents=True, exist_ok=True)
+    from .tracking import default_uri, open_store
+
+    try:  # a broken store is an error before any training
+        client, exp_id = open_store(a.tracking_uri or default_uri(out), f"g2rpo-bench/{a.preset}", out / "mlartifacts")
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     tier = load_tier(p.shared.model)
     command = "python -m benchmarks.sweep " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     base = train_and_score(fams[0], lrs[0], p, tier, a.seed, 0)["objective"]
@@ -138,6 +164,8 @@ def main(argv=None) -> int:
     (out / "sweep.json").write_text(json.dumps({"command": command, "seed": a.seed, "rounds": rounds,
                                                 "base_objective": float(base.mean()), "selected": chosen,
                                                 "runs": rows}, indent=1) + "\n")
+    pd.DataFrame(rows).to_csv(out / "sweep.csv", index=False)
+    record(client, exp_id, a.preset, command, chosen, [out / "sweep.csv", out / "sweep.md"])
     print(f"selected: {chosen}; wrote {out / 'sweep.md'} and {out / 'sweep.json'}")
     return 0
 

@@ -29,6 +29,16 @@ def test_sweep_runs_and_writes_its_tables(tmp_path):
     means = {(r["method"], r["lr"]): r["mean"] for r in got["runs"]}
     assert got["selected"]["g2rpo"] == max((1e-4, 1e-3), key=lambda lr: means[("g2rpo", lr)])
     assert "**" in (tmp_path / "sweep.md").read_text()
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("g2rpo-bench/smoke")
+    run = client.search_runs([exp.experiment_id], "tags.kind = 'sweep'")[0]
+    assert run.data.params["selected_lr.g2rpo"] == str(got["selected"]["g2rpo"])
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment(experiment_id=exp.experiment_id)
+    table = mlflow.load_table("tables/sweep.json", run_ids=[run.info.run_id])
+    assert len(table) == 4 and set(table.method) == {"g2rpo", "dancegrpo"}
 
 
 def test_bad_flags_are_one_line_errors(capsys):
