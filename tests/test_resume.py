@@ -45,6 +45,12 @@ def kill_when(out: Path, ready, timeout: float = 300) -> subprocess.Popen:
     return proc
 
 
+def published(client, run_id: str) -> set[str]:
+    """Artifact paths of the comparison on a parent run (tables/, figures/, the README)."""
+    return {a.path for folder in ("tables", "figures") for a in client.list_artifacts(run_id, folder)} | {
+        a.path for a in client.list_artifacts(run_id)}
+
+
 @pytest.mark.parametrize("point", ["mid_training", "second_run"])
 def test_kill_9_then_rerun_resumes_with_identical_numbers(uninterrupted, tmp_path, point):
     import mlflow
@@ -77,6 +83,7 @@ def test_kill_9_then_rerun_resumes_with_identical_numbers(uninterrupted, tmp_pat
     children = client.search_runs([exp.experiment_id], "tags.kind = 'child'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert published(client, parents[0].info.run_id) >= {"tables/table1_main.json", "figures/curves.png", "README.md"}
     assert not list(ckpts.glob("*"))  # checkpoints are removed once their run is complete in MLflow
 
 
@@ -127,4 +134,7 @@ def test_store_outage_mid_run_keeps_every_record_for_a_later_sync(uninterrupted,
     assert sync.main([str(spool), "--tracking-uri", uri]) == 0
     assert table.main(["--tracking-uri", uri, "--experiment", "g2rpo-bench/smoke", "--out", str(tmp_path)]) == 0
     pd.testing.assert_frame_equal(numbers(tmp_path), numbers(uninterrupted))
+    client = MlflowClient(uri)
+    parent = client.search_runs([client.get_experiment_by_name("g2rpo-bench/smoke").experiment_id], "tags.kind = 'parent'")[0]
+    assert published(client, parent.info.run_id) >= {"tables/table1_main.json", "figures/curves.png", "README.md"}
     assert sync.main([str(spool), "--tracking-uri", uri]) == 2  # renamed once synced: no duplicate runs
