@@ -137,7 +137,8 @@ def main(argv=None) -> int:
     files = build_tables(uri, exp_id, out, parent_run_id=parent)
     print(f"done in {time.perf_counter() - t0:.0f} s: {len(runs)} runs in {shown_uri(uri)} (parent run {parent}); "
           f"tables and figures in {out}/: {', '.join(sorted(f.name for f in files))}")
-    print(f"browse with: mlflow ui --backend-store-uri {shown_uri(uri)}")
+    print(f"browse with: mlflow ui --backend-store-uri {shown_uri(uri)}, then open "
+          f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{parent}?workflowType=machine_learning")
     return 0
 
 
