@@ -123,6 +123,14 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
         state = torch.load(ckpt, weights_only=True) if resuming and ckpt.exists() else None
         t0, cum_nfe, done_train_s, curve_s = time.perf_counter(), 0, 0.0, 0.0
         every = p.eval.curve_every
+
+        def log_curve(step: int) -> None:  # a curve point; its seconds are not training time
+            nonlocal curve_s
+            tc = time.perf_counter()
+            rec.metrics(local, curve_point(trainer, p, tier, shared) | {
+                "curve/cum_nfe": cum_nfe, "curve/wall_s": done_train_s + tc - t0 - curve_s}, step=step)
+            curve_s += time.perf_counter() - tc
+
         if method is not None:
             trainer = Trainer(policy, tier.text, method, tier.rewards, shared, tier.train_prompts)  # reference = base
             if state is not None:
@@ -132,12 +140,8 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
                        initial=trainer.round_idx, total=spec.rounds, leave=False)
             first = next(iter(shared.rewards))
             for r in bar:
-                if every and (r % every == 0):  # the curve point before round r; its time is not training time
-                    tc = time.perf_counter()
-                    train_s = done_train_s + tc - t0 - curve_s
-                    rec.metrics(local, curve_point(trainer, p, tier, shared) | {"curve/cum_nfe": cum_nfe,
-                                                                                 "curve/wall_s": train_s}, step=r)
-                    curve_s += time.perf_counter() - tc
+                if every and r % every == 0:  # the point before round r
+                    log_curve(r)
                 m = trainer.step()
                 cum_nfe += m["nfe_rollout"] + m["nfe_train"] + m["nfe_reference"]
                 metrics = {f"train/{k}": float(v) for k, v in m.items() if k != "round"}
@@ -146,9 +150,7 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
                 save_checkpoint(ckpt, trainer.state_dict() | {"cum_nfe": cum_nfe, "train_s": train_s})
                 bar.set_postfix({first: f"{m[f'reward/{first}']:.4f}"})
             if every:  # the last point: the model the tables score
-                rec.metrics(local, curve_point(trainer, p, tier, shared) | {
-                    "curve/cum_nfe": cum_nfe, "curve/wall_s": done_train_s + time.perf_counter() - t0 - curve_s},
-                    step=spec.rounds)
+                log_curve(spec.rounds)
         t_train = time.perf_counter() - t0 - curve_s
         policy.eval()
         # the weights a method evaluates: Flow-GRPO's EMA, the live ones otherwise
