@@ -141,12 +141,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from .tracking import default_uri, open_store
 
-    try:  # a broken store is an error before any training
+    try:  # a broken store or a model that cannot load is an error before any training
         client, exp_id = open_store(a.tracking_uri or default_uri(out), f"g2rpo-bench/{a.preset}", out / "mlartifacts")
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        tier = load_tier(p.shared.model)
+    except (KeyError, RuntimeError, ValueError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
-    tier = load_tier(p.shared.model)
     command = "python -m benchmarks.sweep " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     base = train_and_score(fams[0], lrs[0], p, tier, a.seed, 0)["objective"]
     rows, results = [], {}

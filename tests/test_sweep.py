@@ -41,9 +41,11 @@ def test_sweep_runs_and_writes_its_tables(tmp_path):
     assert len(table) == 4 and set(table.method) == {"g2rpo", "dancegrpo"}
 
 
-def test_bad_flags_are_one_line_errors(capsys):
+def test_bad_flags_are_one_line_errors(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("G2RPO_TRAIN_PROMPTS", raising=False)
     assert main(["--families", "nope"]) == 2
     assert main(["--lrs", "2"]) == 2
     assert main(["--preset", "nope"]) == 2
+    assert main(["--preset", "paper", "--out", str(tmp_path)]) == 2  # its model cannot load here: before any training
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert len(err) == 4 and all(line.startswith("error: ") for line in err)
