@@ -7,7 +7,7 @@
 #
 # The flux-dev tier reads its folders from G2RPO_FLUX_DIR, G2RPO_REWARD_DIR, G2RPO_TRAIN_PROMPTS (and optionally
 # G2RPO_TEXT_CACHE); see the README's "Scaling out". SEED (the training seed, default 0), NNODES, NPROC, PRESET,
-# THREADS, OUT and MLFLOW (a tracking URI; default a sqlite store in OUT, logged by rank 0) override the defaults
+# THREADS, OUT, PYTHON (the interpreter; default python) and MLFLOW (a tracking URI; default a sqlite store in OUT, logged by rank 0) override the defaults
 # (the tests run this script with NNODES=1 NPROC=2 PRESET=smoke on CPU). Not run on GPUs by us: the machines this
 # project is built on have none.
 set -euo pipefail
@@ -18,7 +18,9 @@ PRESET=${PRESET:-paper}
 SEED=${SEED:-0}
 OUT=${OUT:-runs/$PRESET-$METHOD-seed$SEED}
 mkdir -p "$OUT"
-exec torchrun --nnodes "${NNODES:-2}" --nproc_per_node "${NPROC:-8}" --node_rank "$NODE_RANK" \
+# the interpreter's own launcher: a virtual environment need not be activated for `torchrun` to be on PATH
+PYTHON=${PYTHON:-python}
+exec "$PYTHON" -m torch.distributed.run --nnodes "${NNODES:-2}" --nproc_per_node "${NPROC:-8}" --node_rank "$NODE_RANK" \
     --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}" \
     -m g2rpo.train --method "$METHOD" --preset "$PRESET" --seed "$SEED" --fsdp --threads "${THREADS:-4}" \
     --checkpoint "$OUT/state" --save "$OUT/policy.safetensors" --mlflow "${MLFLOW:-sqlite:///$OUT/mlflow.db}"

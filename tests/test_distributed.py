@@ -126,8 +126,9 @@ def test_prompts_must_split_evenly(tmp_path):
 
 def test_paper_launch_script_runs_on_one_node(tmp_path):
     """benchmarks/launch_paper.sh end to end, scaled down to one node, two CPU processes and the smoke preset."""
+    # PATH without the interpreter's folder: a virtual environment that is not activated has no `torchrun` on it
     env = dict(os.environ, NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", NNODES="1", NPROC="2",
-               PRESET="smoke", THREADS="1", OUT=str(tmp_path / "run"))
+               PRESET="smoke", THREADS="1", OUT=str(tmp_path / "run"), PYTHON=sys.executable, PATH="/usr/bin:/bin")
     done = subprocess.run(["bash", "benchmarks/launch_paper.sh"], env=env, capture_output=True, text=True, timeout=300, check=False,
                           cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr[-3000:]
