@@ -14,6 +14,8 @@ class SD3Policy(FlowPolicy):
     [uncond; cond], as StableDiffusion3Pipeline and Flow-GRPO's SD3.5 rollout and training do. The
     unconditional conditioning is the empty prompt's embeddings, ``negative`` (a Cond of batch 1), expanded
     to the batch. ``guidance_scale`` w: Flow-GRPO's SD3.5 default 4.5; 1.0 means no CFG and a plain call.
+    In training, as Flow-GRPO's ``compute_log_prob``, v_uncond is detached: the gradient reaches the weights
+    through the conditional half only, w * dv_cond (the value is unchanged; rollouts carry no gradient anyway).
 
     Cost: ``forward`` counts rows of the policy (one row = one velocity). Under CFG one counted row costs
     ``rows_per_call`` = 2 transformer rows (forward, and backward when trained); without CFG 1.
@@ -83,6 +85,7 @@ class SD3Policy(FlowPolicy):
         if not self.do_cfg:
             return out
         v_uncond, v_cond = out.chunk(2)
+        v_uncond = v_uncond.detach()  # Flow-GRPO trains through the conditional half only (a no-op without grad)
         return v_uncond + self.guidance_scale * (v_cond - v_uncond)
 
     def decode(self, x0):
