@@ -10,8 +10,9 @@ A folder's ``metadata.jsonl`` names the checkpoint it scored; the checkpoint's s
 gives the per-image scores. Writes Table 1 (mean ± std over seeds, NFE per round and in total; wall-clock is not
 known here), the paired comparison with the base model when a base evaluation is among the folders, the G²RPO
 ablation tables when their variants are, and a README stating the command. Folders that were not evaluated alike
-(prompts, noise seed, steps, shift, images per prompt, rewards) or models trained on different rewards are refused:
-such numbers do not compare.
+(prompts, noise seed, steps, shift, images per prompt, rewards) or models trained on different rewards or other
+comparable shared settings (the sidecars' ``comparable_digest``: all but seed, rounds and what bounds memory) are
+refused: such numbers do not compare.
 """
 from __future__ import annotations
 
@@ -44,8 +45,36 @@ def _knob(knobs: dict, name: str) -> str:
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
+def trained_with(side: dict) -> dict:
+    """What a sidecar records of the shared settings that every model of a table must share: the model, the rewards,
+    the model settings but the LoRA (the adapter the method trains, ``Method.lora``: per method) and, when recorded,
+    the ``comparable_digest`` of the whole comparable block (sidecars written before it existed have none: then only
+    what they record is compared)."""
+    rec = {"model": side.get("tier"), "rewards": dict(side["in_domain"])} | {
+        f"settings.{k}": v for k, v in side.get("settings", {}).items() if k != "lora"}
+    return rec | ({"comparable_digest": side["comparable_digest"]} if "comparable_digest" in side else {})
+
+
+def refuse_incomparable(folder: Path, rec: dict, first: Path, ref: dict) -> None:
+    """CollectError unless the model of ``folder`` was trained with the comparable shared settings of ``first``'s."""
+    from g2rpo.config import PER_RUN, SharedConfig
+
+    both = [k for k in rec if k in ref]
+    diff = ", ".join(k for k in both if k != "comparable_digest" and rec[k] != ref[k])
+    if diff:
+        diff += " differ"
+    elif "comparable_digest" in both and rec["comparable_digest"] != ref["comparable_digest"]:
+        unrecorded = [f for f in SharedConfig.__dataclass_fields__ if f not in PER_RUN and f not in ("model", "rewards")
+                      and f"settings.{f}" not in rec]
+        diff = (f"comparable digests {rec['comparable_digest']} and {ref['comparable_digest']}: one of "
+                f"{', '.join(unrecorded)} differs")
+    if diff:
+        raise CollectError(f"{folder}: its model was trained with other shared settings than {first}'s ({diff}); a "
+                           f"table compares only models whose shared blocks differ at most in {', '.join(PER_RUN)}")
+
+
 def read_evaluation(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict | None]:
-    """(table row, per-image scores, the image metadata, rewards trained on or None for the base model)."""
+    """(table row, per-image scores, the image metadata, ``trained_with`` its sidecar or None for the base model)."""
     from g2rpo.checkpoint import CheckpointError, read_meta
 
     try:
@@ -74,14 +103,15 @@ def read_evaluation(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dic
     knobs = side.get("knobs", {})
     return (row | info | {"nfe_per_round": nfe, "cost/total_nfe": nfe * int(side["rounds"]),
                           "granular_list": _knob(knobs, "granular_list"), "eta_step_list": _knob(knobs, "eta_step_list")},
-            scores, meta, dict(side["in_domain"]))
+            scores, meta, trained_with(side))
 
 
 def collect(folders: list[Path]) -> tuple[pd.DataFrame, dict[str, list[pd.DataFrame]], list[str], list[str]]:
     """(rows, per-prompt scores per method, in-domain rewards, out-of-domain rewards); CollectError if they do not compare."""
-    rows, scores, first, in_domain, seen = [], {}, None, None, {}
+    rows, scores, first, in_domain, seen, trained = [], {}, None, None, {}, None
     for folder in folders:
-        row, per_image, meta, ind = read_evaluation(folder)
+        row, per_image, meta, rec = read_evaluation(folder)
+        ind = rec and rec["rewards"]
         key = (row["method"], row["variant"], row["seed"])
         if key in seen:
             raise CollectError(f"{folder} and {seen[key]} both evaluate {key[0]} {key[1]} seed {key[2]}; give one")
@@ -96,6 +126,8 @@ def collect(folders: list[Path]) -> tuple[pd.DataFrame, dict[str, list[pd.DataFr
             if in_domain is not None and ind != in_domain:
                 raise CollectError(f"{folder}: its model was trained on {ind}, others on {in_domain}; they do not compare")
             in_domain = ind
+            trained = trained or (folder, rec)
+            refuse_incomparable(folder, rec, *trained)
         rows.append(row)
         scores.setdefault(row["method"], []).append(per_image.groupby("prompt_index").mean(numeric_only=True))
     if in_domain is None:

@@ -102,7 +102,8 @@ def execute_one(spec: RunSpec, p: Preset, tier: Tier, extra_steps: list[int], ta
         params["knobs"] = dataclasses.asdict(method.cfg)
         params["cost"] = dataclasses.asdict(method.cost(shared)) | {"nfe_per_round": nfe_per_round(method, shared)}
     run_tags = tags | {"method": spec.method, "variant": spec.variant, "seed": str(spec.seed),
-                       "shared_digest": shared.digest() if method else "", "kind": "child"}
+                       "shared_digest": shared.digest() if method else "",
+                       "comparable_digest": shared.comparable_digest() if method else "", "kind": "child"}
     local = tags["run_key"]
     rec.start(local, f"{spec.method}:{spec.variant}:seed{spec.seed}", run_tags, parent, resume_run_id)
     if not resume_run_id:

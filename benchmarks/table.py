@@ -29,6 +29,43 @@ STD_NOTE = ("Cells: mean ± sample std (ddof 1) over training seeds (n). The bas
             "prompts of a round.")
 
 
+class NotComparable(RuntimeError):
+    """Child runs whose comparable shared settings differ: no table may hold them together (one line, exit 2)."""
+
+
+def comparable_params(params: dict) -> dict[str, str]:
+    """A run's shared settings that every run of a table must share, as its ``shared.*`` params record them (all but
+    ``g2rpo.config.PER_RUN``); a field of ``ADDED_LATER`` that the run predates counts as its default."""
+    from g2rpo.config import ADDED_LATER, PER_RUN, SharedConfig
+
+    from .tracking import flatten
+
+    block = {k[len("shared."):]: v for k, v in params.items() if k.startswith("shared.")}
+    block = {k: v for k, v in block.items() if k.split(".")[0] not in PER_RUN}
+    if block:
+        fields = SharedConfig.__dataclass_fields__
+        block = flatten({f: fields[f].default for f in ADDED_LATER if f not in PER_RUN}) | block
+    return block
+
+
+def refuse_incomparable(blocks: dict[str, dict[str, str]]) -> None:
+    """NotComparable naming a run (label -> comparable params) that differs from the most common block, and a run of
+    that block; runs that record no shared settings are not checked (nothing to compare)."""
+    from collections import Counter
+
+    from g2rpo.config import PER_RUN, comparable_differences
+
+    blocks = {label: b for label, b in blocks.items() if b}
+    key = {label: tuple(sorted(b.items())) for label, b in blocks.items()}
+    common = Counter(key.values()).most_common(1)
+    ref = next((label for label in blocks if key[label] == common[0][0]), None)
+    for label, b in blocks.items():
+        diff = comparable_differences({ref: blocks[ref], label: b})
+        if diff:
+            raise NotComparable(f"runs {ref} and {label} do not share settings ({', '.join(diff)} differ); a table "
+                                f"compares only runs whose shared blocks differ at most in {', '.join(PER_RUN)}")
+
+
 def load_runs(client, exp_id: str, parent_run_id: str | None):
     if parent_run_id is None:
         parents = client.search_runs([exp_id], "tags.kind = 'parent'", order_by=["attributes.start_time DESC"], max_results=1)
@@ -51,7 +88,11 @@ def load_runs(client, exp_id: str, parent_run_id: str | None):
         return parent, pd.DataFrame()
     df = pd.DataFrame(rows)
     df["order"] = df["method"].map(lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
-    return parent, df.sort_values(["order", "variant", "seed"]).reset_index(drop=True)
+    df = df.sort_values(["order", "variant", "seed"]).reset_index(drop=True)
+    params = {r.info.run_id: r.data.params for r in children}
+    refuse_incomparable({f"{r.method}:{r.variant}:seed{r.seed} ({r.run_id})": comparable_params(params[r.run_id])
+                         for r in df.itertuples()})
+    return parent, df
 
 
 def reward_columns(parent, df) -> tuple[list[str], list[str], list[str]]:

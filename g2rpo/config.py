@@ -64,15 +64,38 @@ class SharedConfig:
         raise ValueError(f"unknown schedule {self.schedule!r}: use 'shifted' or 'flow_match'")
 
     def digest(self) -> str:
-        """Short hash of the shared block; runs are comparable only when it matches."""
-        d = asdict(self)
-        for name in ADDED_LATER:  # left out at their defaults, so digests recorded before they existed still match
-            if d[name] == SharedConfig.__dataclass_fields__[name].default:
-                del d[name]
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        """Short hash of the whole shared block, seed and rounds included: the identity of one run's settings. Runs
+        of one comparison differ in it (seeds; rounds under an NFE budget); ``comparable_digest`` is what must match."""
+        return _hash(asdict(self))
+
+    def comparable(self) -> dict:
+        """The fields every run of one comparison must share (all but ``PER_RUN``)."""
+        return {k: v for k, v in asdict(self).items() if k not in PER_RUN}
+
+    def comparable_digest(self) -> str:
+        """Short hash of ``comparable()``: runs may share one table only when it matches."""
+        return _hash(self.comparable())
 
 
 ADDED_LATER = ("lora", "gradient_checkpointing")
+"""Fields added after digests were recorded; a new field goes here too, so that recorded digests (both kinds) still
+match while it is at its default."""
+
+PER_RUN = ("seed", "rounds", "max_batch", "max_train_batch", "gradient_checkpointing")
+"""Fields that may differ between the runs of one comparison, the rest must match (``comparable``). ``seed``: the
+comparison is over seeds; ``rounds``: under an NFE budget each method runs its own number of rounds (the tables report
+NFE and rounds); ``max_batch``, ``max_train_batch`` and ``gradient_checkpointing``: they bound memory (chunked calls,
+accumulated gradients, recomputed activations), not results. Everything else changes what is trained or how it is
+scored: the model, the schedule (num_steps, shift, schedule, timestep_convention), the group and batch of prompts
+(num_generations, prompts_per_round), rewards and weights, precision, lora (full fine-tune vs adapter; to move here if
+the LoRA becomes a per-method setting) and min_valid_frac (which rounds update)."""
+
+
+def _hash(d: dict) -> str:
+    for name in ADDED_LATER:  # left out at their defaults, so digests recorded before they existed still match
+        if name in d and d[name] == SharedConfig.__dataclass_fields__[name].default:
+            del d[name]
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -91,12 +114,28 @@ class OptimConfig:
     """Gradient-norm clip per optimizer step."""
 
 
+def comparable_differences(blocks: dict[str, dict]) -> list[str]:
+    """Comparable fields (``SharedConfig.comparable()``, here as recorded dicts) in which any block differs from the
+    first; a field that a block does not record counts as its default when it is in ``ADDED_LATER``."""
+    fields = SharedConfig.__dataclass_fields__
+    missing = object()
+
+    def value(b, f):
+        return b.get(f, fields[f].default if f in ADDED_LATER else missing)
+
+    ref = next(iter(blocks.values()), {})
+    names = sorted({f for b in blocks.values() for f in (*b, *ref) if f not in PER_RUN})
+    return [f for f in names if any(value(b, f) != value(ref, f) for b in blocks.values())]
+
+
 def assert_same_shared(blocks: dict[str, SharedConfig]) -> str:
-    """Refuse to compare runs whose shared settings differ; returns the common digest."""
-    digests = {name: b.digest() for name, b in blocks.items()}
+    """Refuse (ValueError, one line naming the fields) to compare runs whose comparable shared settings differ; seed,
+    rounds and the other ``PER_RUN`` fields may differ. Returns the common ``comparable_digest``."""
+    digests = {name: b.comparable_digest() for name, b in blocks.items()}
     if len(set(digests.values())) > 1:
-        ref_name, ref = next(iter(blocks.items()))
-        diff = sorted({f for b in blocks.values() for f, v in asdict(b).items() if asdict(ref)[f] != v})
-        raise ValueError(f"runs do not share settings (fields {', '.join(diff)} differ from {ref_name!r}): "
-                         f"digests {digests}; compare only runs with identical shared blocks")
+        diff = comparable_differences({name: b.comparable() for name, b in blocks.items()})
+        ref_name = next(iter(blocks))
+        raise ValueError(f"runs do not share settings ({', '.join(diff)} differ from {ref_name!r}; comparable "
+                         f"digests {digests}); compare only runs whose shared blocks differ at most in "
+                         f"{', '.join(PER_RUN)}")
     return next(iter(digests.values()))
