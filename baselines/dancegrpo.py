@@ -11,12 +11,16 @@ from g2rpo.ema import EMAConfig
 from g2rpo.method import Cost
 from g2rpo.sde import dance_sde_g
 
-from .trajectory import TrajectoryMethod
+from .trajectory import TrajectoryMethod, check_accumulation
 
 
 @dataclass
 class DanceGRPOConfig:
-    """Method knobs of DanceGRPO; defaults are its official FLUX script's."""
+    """Method knobs of DanceGRPO; defaults are its official 16-GPU FLUX script's (``scripts/finetune/finetune_flux_grpo.sh``).
+
+    Its 8-GPU script differs: 2 prompts per GPU, ``gradient_accumulation_steps=12, world_size=8`` (2 steps of 96
+    samples per round), ``optim.max_grad_norm=0.01`` and ``ema=EMAConfig(0.995, 1, warmup=False)``.
+    """
 
     eta: float = 0.3
     """Constant diffusion coefficient g of Dance-SDE."""
@@ -30,8 +34,12 @@ class DanceGRPOConfig:
     """Advantages are clamped to +-adv_clip_max."""
     init_same_noise: bool = True
     """One x_T per group (official `--init_same_noise`)."""
-    gradient_accumulation_steps: int = 12
-    """Samples accumulated into one optimizer step (official FLUX script: 12 = one group)."""
+    gradient_accumulation_steps: int = 4
+    """Samples per GPU accumulated into one optimizer step (official, per GPU: 4 of the GPU's 12)."""
+    world_size: int = 16
+    """GPUs whose gradients are averaged into each step: a step trains gradient_accumulation_steps x world_size
+    samples (official: 4 x 16 = 64, 3 steps per round of 16 prompts x 12). A property of the recipe, not of how many
+    processes run it here."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, weight_decay=1e-4, max_grad_norm=1.0))
     """AdamW settings (official: lr 1e-5, wd 1e-4)."""
     ema: EMAConfig | None = None
@@ -52,6 +60,7 @@ class DanceGRPO(TrajectoryMethod):
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.cfg.timestep_fraction}")
         if self.cfg.eta <= 0:
             raise ValueError(f"eta must be > 0, got {self.cfg.eta}")
+        check_accumulation(self.cfg)
 
     def step_g(self, sigmas, round_idx):
         return dance_sde_g(sigmas[:-1], self.cfg.eta)
@@ -73,7 +82,7 @@ class DanceGRPO(TrajectoryMethod):
         return mask
 
     def samples_per_step(self, n_samples):
-        return self.cfg.gradient_accumulation_steps
+        return self.cfg.gradient_accumulation_steps * self.cfg.world_size
 
     def sample_advantages(self, rewards, weights):
         # DanceGRPO's code has one reward; with several, per-reward group advantages are summed as in G2RPO

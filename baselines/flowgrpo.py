@@ -1,6 +1,7 @@
 """Flow-GRPO (algorithms.md §5): Flow-SDE on every step, global-std advantages, optional KL to the base model."""
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 
@@ -12,10 +13,13 @@ from g2rpo.ema import EMAConfig
 from g2rpo.loss import kl_to_reference
 from g2rpo.method import Cost
 from g2rpo.models.lora import reference_policy
-from g2rpo.schedules import shifted_sigmas
 from g2rpo.sde import flow_sde_g, sde_step
+from g2rpo.tiers import architecture
 
 from .trajectory import TrajectoryMethod
+
+LORA_OPTIM = OptimConfig(lr=3e-4, weight_decay=1e-4, max_grad_norm=1.0)
+"""Official AdamW settings; lr 3e-4 is a rate for its LoRA (r 32-64), not for every weight."""
 
 
 class MultiReward(str, enum.Enum):
@@ -48,11 +52,22 @@ class FlowGRPOConfig:
     adv_clip_max: float = 5.0
     """Advantages are clamped to +-adv_clip_max."""
     num_rollout_steps: int | None = None
-    """Denoising reduction: rollout steps (SD3.5 preset: 10) on a fixed-shift grid; None = the shared num_steps."""
+    """Denoising reduction: rollout steps (SD3.5 preset: 10) on the shared schedule's grid; None = the shared num_steps."""
     optimizer_steps_per_round: int = 2
     """Optimizer steps per round (official: gradient_accumulation_steps = num_batches_per_epoch // 2)."""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, weight_decay=1e-4, max_grad_norm=1.0))
-    """AdamW settings (official lr 3e-4 is for LoRA r 32 / alpha 64)."""
+    num_batches_per_epoch: int = 2
+    """Official `sample.num_batches_per_epoch`, batches per GPU and round: zero-advantage samples are re-admitted at
+    random until each GPU's kept count divides by it."""
+    world_size: int = 1
+    """GPUs of the recipe (pickscore_sd3: 32): the zero-advantage filter and the optimizer steps act per GPU's block."""
+    use_lora: bool = True
+    """Train a LoRA (official `use_lora`): the shared `lora` if set, else 'flowgrpo-sd3' on SD3 and 'flowgrpo-flux'
+    on FLUX-class models; False = every weight, which needs an explicit learning rate."""
+    latent_dtype: str = "fp32"
+    """'bf16' feeds each rollout latent to the next step rounded to bf16, as the official pipeline (latents in the
+    transformer's dtype); stored latents and log-probs stay fp32, so the first ratio is off 1 by rounding. Default fp32."""
+    optim: OptimConfig | None = None
+    """AdamW settings; None = official (lr 3e-4, wd 1e-4, clip 1), refused for a full fine-tune (a LoRA rate)."""
     ema: EMAConfig | None = field(default_factory=EMAConfig)
     """Evaluate and save an EMA of the weights (official `train.ema`: decay 0.9, every 8 steps); None = live weights."""
 
@@ -65,8 +80,15 @@ class FlowGRPO(TrajectoryMethod):
     name = "flowgrpo"
 
     def __init__(self, cfg: FlowGRPOConfig | None = None) -> None:
-        self.cfg = cfg or FlowGRPOConfig()
+        cfg = cfg or FlowGRPOConfig()
+        self.lr_given = cfg.optim is not None
+        self.cfg = cfg if self.lr_given else dataclasses.replace(cfg, optim=dataclasses.replace(LORA_OPTIM))
         self.optim = self.cfg.optim
+
+    def lora(self, shared):
+        if shared.lora or not self.cfg.use_lora:
+            return shared.lora
+        return "flowgrpo-sd3" if architecture(shared.model) == "sd3" else "flowgrpo-flux"
 
     def validate(self, shared: SharedConfig) -> None:
         super().validate(shared)
@@ -74,6 +96,17 @@ class FlowGRPO(TrajectoryMethod):
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.cfg.timestep_fraction}")
         if self.cfg.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.cfg.beta}")
+        if self.cfg.latent_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"latent_dtype must be 'fp32' or 'bf16', got {self.cfg.latent_dtype!r}")
+        for knob in ("num_batches_per_epoch", "world_size", "optimizer_steps_per_round"):
+            v = getattr(self.cfg, knob)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{knob} must be an integer >= 1, got {v!r}")
+        if shared.lora and not self.cfg.use_lora:
+            raise ValueError(f"use_lora=False contradicts the shared lora={shared.lora!r}")
+        if not self.lora(shared) and not self.lr_given:
+            raise ValueError(f"a full fine-tune (use_lora=False) at lr {LORA_OPTIM.lr:g}, the official LoRA rate; "
+                             "set the learning rate explicitly (--lr, or optim in the preset's knobs)")
 
     def setup(self, policy):
         if self.cfg.beta > 0:
@@ -83,7 +116,10 @@ class FlowGRPO(TrajectoryMethod):
     def schedule(self, shared):
         if self.cfg.num_rollout_steps is None:
             return shared.sigmas()
-        return shifted_sigmas(self.cfg.num_rollout_steps, shared.shift)
+        return dataclasses.replace(shared, num_steps=self.cfg.num_rollout_steps).sigmas()
+
+    def rollout_dtype(self):
+        return torch.bfloat16 if self.cfg.latent_dtype == "bf16" else None
 
     def step_g(self, sigmas, round_idx):
         return flow_sde_g(sigmas[:-1], float(sigmas[1]), self.cfg.noise_level)
@@ -110,9 +146,31 @@ class FlowGRPO(TrajectoryMethod):
     def advantages(self, rollout, rewards, weights):
         stats = super().advantages(rollout, rewards, weights)
         tr = rollout.transitions
-        tr.mask = tr.adv != 0  # official: samples whose advantage is zero are dropped
+        tr.mask = tr.adv != 0  # official: samples whose advantage is zero are dropped (some re-admitted below)
         stats["dropped_frac"] = 1 - tr.mask.float().mean().item()
         return stats
+
+    def update_groups(self, rollout, gen):
+        """Per GPU block, as the official code: re-admit random zero-advantage samples until the kept count divides by
+        num_batches_per_epoch, shuffle the kept ones and split them into optimizer_steps_per_round steps; step s
+        takes every block's s-th part."""
+        P, G, S = rollout.info["layout"]
+        tr, n = rollout.transitions, P * G
+        kept = torch.ones(n, dtype=torch.bool) if tr.mask is None else tr.mask.view(n, S).any(1)
+        W = self.devices() if n % self.devices() == 0 else 1
+        per, B, steps = n // W, self.cfg.num_batches_per_epoch, self.cfg.optimizer_steps_per_round
+        parts = []
+        for b in range(W):
+            block = kept[b * per : (b + 1) * per]  # a view: re-admissions land in kept
+            short, dropped = -int(block.sum()) % B, torch.nonzero(~block).squeeze(1)
+            if short and len(dropped) >= short:
+                block[dropped[torch.randperm(len(dropped), generator=gen)[:short]]] = True
+            ids = b * per + torch.nonzero(block).squeeze(1)
+            ids = ids[torch.randperm(len(ids), generator=gen)]
+            parts.append(ids.split(-(-len(ids) // steps)) if len(ids) else ())
+        tr.mask = kept.repeat_interleave(S)[:, None]
+        groups = [torch.cat([p[i] for p in parts if i < len(p)]) for i in range(max(map(len, parts)))]
+        return [(g[:, None] * S + torch.arange(S)).reshape(-1) for g in groups]
 
     def extra_loss(self, policy, tr, rows, v, cond):
         if self.reference is None:

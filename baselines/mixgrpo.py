@@ -11,27 +11,31 @@ from g2rpo.ema import EMAConfig
 from g2rpo.method import Cost
 from g2rpo.sde import flow_sde_g
 
-from .trajectory import TrajectoryMethod
+from .trajectory import TrajectoryMethod, check_accumulation
 
 
 @dataclass
 class MixGRPOConfig:
-    """Method knobs of MixGRPO; defaults are its official FLUX settings (its own N = 25 is a shared setting here)."""
+    """Method knobs of MixGRPO; defaults are its official FLUX script's (``finetune_flux_grpo_MixGRPO.sh``: 4 nodes x
+    8 GPUs, one prompt per GPU; its own N = 25 is a shared setting here)."""
 
     eta: float = 0.7
     """a, the Flow-SDE noise level inside the window."""
     window_size: int = 4
-    """Consecutive SDE (and trained) steps."""
+    """Consecutive SDE (and trained) steps (official `group_size`)."""
     window_shift_every: int = 25
-    """Rounds between moves of the window by one step; it starts at step 0."""
-    window_max_start: int | None = None
-    """Last start position of the window; None = N - window_size (the window stops at the end of the schedule)."""
+    """Rounds between moves of the window by one step (official `iters_per_group`, progressive, overlap step 1)."""
+    roll_back: bool = True
+    """Official `--roll_back`: once the window's start passes N-2 it returns to 0; False = it stays at N-2."""
     clip_range: float = 1e-4
     """PPO ratio clip epsilon."""
     adv_clip_max: float = 5.0
     """Advantages are clamped to +-adv_clip_max."""
-    gradient_accumulation_steps: int = 12
-    """Samples accumulated into one optimizer step (as DanceGRPO, whose trainer MixGRPO extends)."""
+    gradient_accumulation_steps: int = 3
+    """Samples per GPU accumulated into one optimizer step (official: 3 of the GPU's 12)."""
+    world_size: int = 32
+    """GPUs whose gradients are averaged into each step: a step trains gradient_accumulation_steps x world_size
+    samples (official: 3 x 32 = 96, 4 steps per round of 32 prompts x 12). A property of the recipe."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, weight_decay=1e-4, max_grad_norm=1.0))
     """AdamW settings."""
     ema: EMAConfig | None = None
@@ -47,28 +51,36 @@ class MixGRPO(TrajectoryMethod):
 
     def validate(self, shared: SharedConfig) -> None:
         super().validate(shared)
+        if shared.num_steps < 3:
+            raise ValueError(f"MixGRPO trains steps below N-2, so N must be >= 3, got {shared.num_steps}")
         if not 1 <= self.cfg.window_size <= shared.num_steps:
             raise ValueError(f"window_size must be in [1, N={shared.num_steps}], got {self.cfg.window_size}")
         if self.cfg.window_shift_every < 1:
             raise ValueError("window_shift_every must be >= 1")
+        check_accumulation(self.cfg)
 
     def window_start(self, n_steps: int, round_idx: int) -> int:
-        last = self.cfg.window_max_start if self.cfg.window_max_start is not None else n_steps - self.cfg.window_size
-        return min(round_idx // self.cfg.window_shift_every, last)
+        """The official progressive start: 0, 1, ..., N-2 (one move every window_shift_every rounds), then 0 again
+        under roll_back, else N-2 from then on."""
+        moves = round_idx // self.cfg.window_shift_every
+        return moves % (n_steps - 1) if self.cfg.roll_back else min(moves, n_steps - 2)
 
     def candidate_steps(self, n_steps, round_idx):
+        # the official window ends before step N-2 (its range bound is max_timesteps = N-2), so it narrows at the
+        # end of the schedule and is empty at start N-2: such a round samples by ODE and trains nothing
         s = self.window_start(n_steps, round_idx)
-        return list(range(s, s + self.cfg.window_size))
+        return list(range(s, min(s + self.cfg.window_size, n_steps - 2)))
 
     def step_g(self, sigmas, round_idx):
         n = len(sigmas) - 1
         g = torch.zeros(n)
         w = self.candidate_steps(n, round_idx)
-        g[w] = flow_sde_g(sigmas[w], float(sigmas[1]), self.cfg.eta)
+        if w:
+            g[w] = flow_sde_g(sigmas[w], float(sigmas[1]), self.cfg.eta)
         return g
 
     def samples_per_step(self, n_samples):
-        return self.cfg.gradient_accumulation_steps
+        return self.cfg.gradient_accumulation_steps * self.cfg.world_size
 
     def sample_advantages(self, rewards, weights):
         adv = A.combine({m: A.group_zscore(r) for m, r in rewards.items()}, weights, normalise=True)
@@ -76,4 +88,6 @@ class MixGRPO(TrajectoryMethod):
 
     def cost(self, shared):
         G = shared.num_generations
-        return Cost(nfe_rollout=G * shared.num_steps, nfe_train=G * self.cfg.window_size, images_scored=G)
+        # the first round's window; it narrows near the end of the schedule
+        return Cost(nfe_rollout=G * shared.num_steps, nfe_train=G * len(self.candidate_steps(shared.num_steps, 0)),
+                    images_scored=G)

@@ -19,19 +19,30 @@ from g2rpo.sde import predict_x0, sde_step
 
 @torch.no_grad()
 def sample_trajectories(policy: FlowPolicy, x_T: torch.Tensor, sigmas: torch.Tensor, g: torch.Tensor, cond: Cond,
-                        noise: torch.Tensor, max_batch: int = 0):
+                        noise: torch.Tensor, max_batch: int = 0, latent_dtype: torch.dtype | None = None):
     """Run every row of ``x_T`` over ``sigmas`` with per-step coefficients ``g`` and noises ``noise`` (N, B, ...).
+    ``latent_dtype`` (e.g. bf16) rounds each latent to it where it is fed to the next step (the model and the SDE
+    step), as Flow-GRPO's pipeline casts latents back to the transformer's dtype; the returned latents stay fp32.
 
     Returns latents (N+1, B, ...), log-probs (N, B) (0 at deterministic steps) and x0_hat of the last step (B, ...).
     """
     xs, logps = [x_T.float()], []
     for j in range(len(sigmas) - 1):
         s = sigmas[j].expand(len(x_T))
-        v = _velocity(policy, xs[-1], s, cond, max_batch)
-        out = sde_step(xs[-1], v, s, sigmas[j + 1], g[j], noise=noise[j] if g[j] > 0 else None)
+        x = xs[-1] if latent_dtype is None else xs[-1].to(latent_dtype).float()
+        v = _velocity(policy, x, s, cond, max_batch)
+        out = sde_step(x, v, s, sigmas[j + 1], g[j], noise=noise[j] if g[j] > 0 else None)
         xs.append(out.sample)
         logps.append(out.log_prob)
-    return torch.stack(xs), torch.stack(logps), predict_x0(xs[-2], v, sigmas[-2])
+    return torch.stack(xs), torch.stack(logps), predict_x0(x, v, sigmas[-2])
+
+
+def check_accumulation(cfg) -> None:
+    """``gradient_accumulation_steps`` and ``world_size`` of a config are positive integers."""
+    for knob in ("gradient_accumulation_steps", "world_size"):
+        v = getattr(cfg, knob)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{knob} must be an integer >= 1, got {v!r}")
 
 
 class TrajectoryMethod(Method):
@@ -50,6 +61,10 @@ class TrajectoryMethod(Method):
     def shared_noise(self) -> bool:
         return True
 
+    def rollout_dtype(self) -> torch.dtype | None:
+        """Dtype each rollout latent is rounded to before it is fed on (None = fp32 throughout)."""
+        return None
+
     def candidate_steps(self, n_steps: int, round_idx: int) -> list[int]:
         """Steps whose transitions are stored (a superset of the trained ones)."""
         raise NotImplementedError
@@ -59,8 +74,19 @@ class TrajectoryMethod(Method):
         return torch.ones(n_samples, n_steps, dtype=torch.bool)
 
     def samples_per_step(self, n_samples: int) -> int:
-        """Samples whose transitions are accumulated into one optimizer step."""
+        """Samples whose transitions are accumulated into one optimizer step (over all devices of the recipe)."""
         raise NotImplementedError
+
+    def devices(self) -> int:
+        """GPUs of the official recipe (its ``world_size`` knob, else 1). When they divide the round, its samples are
+        dealt to them as the official run does (prompt-major blocks) and each optimizer step takes the same number
+        of samples from every block, as per-GPU gradient accumulation averaged over GPUs does."""
+        return getattr(self.cfg, "world_size", 1)
+
+    def optimizer_steps(self, shared: SharedConfig) -> int:
+        """Optimizer steps of a round with every sample trained."""
+        n = shared.prompts_per_round * shared.num_generations
+        return -(-n // min(self.samples_per_step(n), n))
 
     def sample_advantages(self, rewards: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
         """(P, G) per-reward (P, G) rewards -> (P, G) advantages."""
@@ -76,8 +102,8 @@ class TrajectoryMethod(Method):
         g = self.step_g(sigmas, round_idx)
         z = noise((n, G, *shape), dim=1).reshape(n, P * G, *shape)
         rows_cond = cond[torch.arange(P).repeat_interleave(G).tolist()]
-        xs, logp, x0 = sample_trajectories(policy, x_T, sigmas, g, rows_cond, z, shared.max_batch)
-        st = torch.tensor(self.candidate_steps(n, round_idx))
+        xs, logp, x0 = sample_trajectories(policy, x_T, sigmas, g, rows_cond, z, shared.max_batch, self.rollout_dtype())
+        st = torch.tensor(self.candidate_steps(n, round_idx), dtype=torch.long)  # may be empty (MixGRPO)
         S = len(st)
         tr = Transitions(
             prompt=torch.arange(P).repeat_interleave(G * S),
@@ -106,6 +132,16 @@ class TrajectoryMethod(Method):
         tr = rollout.transitions
         keep = self.select(P * G, S, gen).reshape(P * G * S, 1)
         tr.mask = keep if tr.mask is None else tr.mask & keep
-        order = torch.randperm(P * G, generator=gen)
-        rows = (order[:, None] * S + torch.arange(S)).reshape(-1)  # rows are (sample, step), step fastest
-        return list(rows.split(self.samples_per_step(P * G) * S))
+        return [(s[:, None] * S + torch.arange(S)).reshape(-1)  # rows are (sample, step), step fastest
+                for s in self.sample_steps(torch.arange(P * G), gen)]
+
+    def sample_steps(self, samples: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+        """Shuffle ``samples`` (prompt-major) and split them into optimizer steps of ``samples_per_step`` each; with
+        W > 1 devices dividing them and the step, each device's block is shuffled and gives 1/W of every step."""
+        n, W = len(samples), self.devices()
+        size = self.samples_per_step(n)
+        if W > 1 and n % W == 0 and size % W == 0:
+            per = n // W
+            blocks = torch.stack([samples[b * per + torch.randperm(per, generator=gen)] for b in range(W)])
+            return [blocks[:, i : i + size // W].reshape(-1) for i in range(0, per, size // W)]
+        return list(samples[torch.randperm(n, generator=gen)].split(size))

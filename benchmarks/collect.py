@@ -88,7 +88,7 @@ def read_evaluation(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dic
                            f"({one_line(e)})") from None
     if identity == "base":
         return row | {"method": BASE, "variant": "default", "seed": 0, "nfe_per_round": math.nan,
-                      "cost/total_nfe": 0.0}, scores, meta, None
+                      "nfe_per_round_official": math.nan, "cost/total_nfe": 0.0}, scores, meta, None
     path = Path(identity.split(" sha256:")[0])
     try:
         side = read_meta(path)
@@ -102,6 +102,7 @@ def read_evaluation(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dic
                            "save the model again with g2rpo.train --save") from None
     knobs = side.get("knobs", {})
     return (row | info | {"nfe_per_round": nfe, "cost/total_nfe": nfe * int(side["rounds"]),
+                          "nfe_per_round_official": float(side.get("nfe_per_round_official", nfe)),
                           "granular_list": _knob(knobs, "granular_list"), "eta_step_list": _knob(knobs, "eta_step_list")},
             scores, meta, trained_with(side))
 

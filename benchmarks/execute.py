@@ -100,7 +100,8 @@ def execute_one(spec: RunSpec, p: Preset, tier: Tier, extra_steps: list[int], ta
     params = {"shared": dataclasses.asdict(shared), "eval": dataclasses.asdict(p.eval), "rounds": spec.rounds}
     if method is not None:
         params["knobs"] = dataclasses.asdict(method.cfg)
-        params["cost"] = dataclasses.asdict(method.cost(shared)) | {"nfe_per_round": nfe_per_round(method, shared)}
+        params["cost"] = dataclasses.asdict(method.cost(shared)) | {
+            "nfe_per_round": nfe_per_round(method, shared), "nfe_per_round_official": nfe_per_round(method, shared, True)}
     run_tags = tags | {"method": spec.method, "variant": spec.variant, "seed": str(spec.seed),
                        "shared_digest": shared.digest() if method else "",
                        "comparable_digest": shared.comparable_digest() if method else "", "kind": "child"}

@@ -31,10 +31,7 @@ class RunSpec:
     """Learning rate for this run instead of the preset's (--lr); weight decay and clipping stay."""
 
     def build(self, preset: Preset) -> Method:
-        m = make_method(self.method, preset.knobs, **self.overrides)
-        if self.lr is not None:
-            m.cfg.optim = m.optim = dataclasses.replace(m.optim, lr=self.lr)
-        return m
+        return make_method(self.method, preset.knobs, self.lr, **self.overrides)
 
 
 def parse_int_sets(text: str, flag: str) -> list[tuple[int, ...]]:
@@ -84,7 +81,7 @@ def make_plan(preset: Preset, methods: list[str], seeds: int, rounds: int, budge
     planned, seen = [], set()
     for name, variant, over in variants:
         try:
-            m = make_method(name, preset.knobs, **over)
+            m = make_method(name, preset.knobs, lr, **over)
             m.validate(shared)
         except (ValueError, TypeError) as e:
             raise PlanError(f"{name} {variant}: {e}") from None
@@ -114,9 +111,14 @@ def describe(runs: list[RunSpec], preset: Preset) -> list[dict]:
         m = spec.build(preset)
         shared = dataclasses.replace(preset.shared, rounds=spec.rounds)
         c = m.cost(shared)
+        n = shared.prompts_per_round * shared.num_generations
         rows[key] = {"method": spec.method, "variant": spec.variant, "nfe_rollout_per_prompt": c.nfe_rollout,
+                     "nfe_rollout_per_prompt_official": c.nfe_rollout_official or c.nfe_rollout,
                      "nfe_train_per_prompt": c.nfe_train, "nfe_reference_per_prompt": c.nfe_reference,
                      "images_scored_per_prompt": c.images_scored, "nfe_per_round": nfe_per_round(m, shared),
+                     "nfe_per_round_official": nfe_per_round(m, shared, official=True),
+                     "optimizer_steps_per_round": m.optimizer_steps(shared),
+                     "samples_per_optimizer_step": -(-n // m.optimizer_steps(shared)), "lora": m.lora(shared),
                      "rounds": spec.rounds, "total_nfe": spec.rounds * nfe_per_round(m, shared), "seeds": 1,
                      "knobs": {k: v for k, v in dataclasses.asdict(m.cfg).items() if k != "optim"} | {"lr": m.optim.lr}}
     return list(rows.values())

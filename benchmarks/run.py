@@ -74,11 +74,16 @@ def check_writable(out: Path) -> None:
 
 def readable_plan(rows: list[dict], preset_name: str) -> str:
     lines = [f"preset {preset_name}: base model + {len(rows)} (method, variant) rows",
-             f"{'method':<15}{'variant':<28}{'rollout':>9}{'train':>7}{'images':>8}{'rounds':>8}{'total NFE':>11}{'seeds':>6}"]
+             f"{'method':<15}{'variant':<28}{'rollout':>9}{'(official)':>11}{'train':>7}{'images':>8}{'steps':>6}"
+             f"{'rounds':>8}{'total NFE':>11}{'seeds':>6}  weights"]
     for r in rows:
-        lines.append(f"{r['method']:<15}{r['variant']:<28}{r['nfe_rollout_per_prompt']:>9}{r['nfe_train_per_prompt']:>7}"
-                     f"{r['images_scored_per_prompt']:>8}{r['rounds']:>8}{r['total_nfe']:>11}{r['seeds']:>6}")
-    lines.append("(rollout / train / images: per prompt and round; total NFE: all prompts and rounds, one seed)")
+        official = r["nfe_rollout_per_prompt_official"]
+        lines.append(f"{r['method']:<15}{r['variant']:<28}{r['nfe_rollout_per_prompt']:>9}"
+                     f"{official if official != r['nfe_rollout_per_prompt'] else '':>11}{r['nfe_train_per_prompt']:>7}"
+                     f"{r['images_scored_per_prompt']:>8}{r['optimizer_steps_per_round']:>6}{r['rounds']:>8}"
+                     f"{r['total_nfe']:>11}{r['seeds']:>6}  {'LoRA ' + r['lora'] if r['lora'] else 'all'}")
+    lines.append("(rollout / train / images: per prompt and round; (official): the rollout as the official loop counts "
+                 "it, where ours reuses work; steps: optimizer steps per round; total NFE: all prompts and rounds, one seed)")
     return "\n".join(lines)
 
 

@@ -44,8 +44,7 @@ def train_and_score(method: str, lr: float, p, tier, seed: int, rounds: int) -> 
     from g2rpo.loop import Trainer
 
     shared = dataclasses.replace(p.shared, seed=seed, rounds=rounds)
-    m = make_method(method, p.knobs)
-    m.cfg.optim = m.optim = dataclasses.replace(m.optim, lr=lr)
+    m = make_method(method, p.knobs, lr)
     policy = tier.make_policy()
     t0 = time.perf_counter()
     if rounds:

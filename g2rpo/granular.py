@@ -17,7 +17,7 @@ from .config import OptimConfig, SharedConfig
 from .ema import EMAConfig
 from .method import Cost, Method, Rollout, Transitions
 from .policy import Cond, FlowPolicy
-from .sampling import complete_many, complete_one, ode_sample
+from .sampling import _velocity, complete_many, complete_one, ode_sample
 from .schedules import coarse_completion_grid
 from .sde import flow_sde_g, sde_step
 
@@ -69,6 +69,8 @@ class G2RPOConfig:
     """Optimizer steps per round (see UpdateSchedule)."""
     rollout_mode: RolloutMode = RolloutMode.BATCHED
     """Rollout execution (see RolloutMode)."""
+    anchor_dtype: str = "fp32"
+    """'bf16': stored anchor latents x_k rounded to bf16 as the official code stores them; 'fp32' (default): exact."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-6, weight_decay=1e-4, max_grad_norm=1.0))
     """AdamW settings (official: lr 2e-6, wd 1e-4, grad clip 1.0)."""
     ema: EMAConfig | None = None
@@ -80,6 +82,8 @@ class G2RPOConfig:
         self.completion_end = CompletionEnd(self.completion_end)
         self.update = UpdateSchedule(self.update)
         self.rollout_mode = RolloutMode(self.rollout_mode)
+        if self.anchor_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"anchor_dtype must be 'fp32' or 'bf16', got {self.anchor_dtype!r}")
 
 
 class G2RPO(Method):
@@ -91,6 +95,15 @@ class G2RPO(Method):
 
     def _grid(self, sigmas: torch.Tensor, k: int, lam: int) -> torch.Tensor:
         return coarse_completion_grid(sigmas, k, lam, self.cfg.completion_end is CompletionEnd.ZERO)
+
+    @torch.no_grad()
+    def _anchor(self, policy: FlowPolicy, x_T: torch.Tensor, sigmas: torch.Tensor, cond: Cond, max_batch: int = 0):
+        """The anchor ODE (``ode_sample``, in fp32). Under anchor_dtype 'bf16' the stored latents x_0..x_N, which
+        start the SDE steps and become the transitions' x, are rounded to bf16; the ODE and its image are unchanged."""
+        x0, xs, vs = ode_sample(policy, x_T, sigmas, cond, max_batch)
+        if self.cfg.anchor_dtype == "bf16":
+            xs = xs.to(torch.bfloat16).float()
+        return x0, xs, vs
 
     def validate(self, shared: SharedConfig) -> None:
         n, ks, lams = shared.num_steps, self.cfg.eta_step_list, self.cfg.granular_list
@@ -111,7 +124,9 @@ class G2RPO(Method):
         g = flow_sde_g(sigmas, float(sigmas[1]), cfg.eta)
 
         if cfg.rollout_mode is RolloutMode.BATCHED:
-            x0_ode, xs, vs = ode_sample(policy, x_T, sigmas, cond, shared.max_batch)
+            x0_ode, xs, vs = self._anchor(policy, x_T, sigmas, cond, shared.max_batch)
+            if cfg.anchor_dtype == "bf16":  # the velocity at the rounded x_k, as the official loop evaluates it
+                vs = {k: _velocity(policy, xs[k], sigmas[k].expand(P), cond, shared.max_batch) for k in ks}
             x_next, logp = [], []
             for j, k in enumerate(ks):
                 rep = lambda t: t[:, None].expand(P, G, *shape).reshape(P * G, *shape)  # noqa: E731
@@ -153,7 +168,7 @@ class G2RPO(Method):
         x0_ode, anchors, x_next, logp, x0 = [], [], [], [], []
         for p in range(P):
             c = cond[p]
-            o, xs, _ = ode_sample(policy, x_T[p : p + 1], sigmas, c)
+            o, xs, _ = self._anchor(policy, x_T[p : p + 1], sigmas, c)
             x0_ode.append(o)
             anchors.append(xs[:, 0])
             for j, k in enumerate(ks):
@@ -184,6 +199,9 @@ class G2RPO(Method):
             return [torch.arange(len(tr.k))]
         return [torch.nonzero(tr.k == k).squeeze(1) for k in self.cfg.eta_step_list]
 
+    def optimizer_steps(self, shared: SharedConfig) -> int:
+        return 1 if self.cfg.update is UpdateSchedule.ACCUMULATE else len(self.cfg.eta_step_list)
+
     def completion_evals(self, shared: SharedConfig, k: int, lam: int) -> int:
         """Model evaluations of one completion: ceil((N-1-k)/lambda), +1 under CompletionEnd.ZERO when lambda skips 0."""
         return len(self._grid(shared.sigmas(), k, lam)) - 1
@@ -191,10 +209,16 @@ class G2RPO(Method):
     def cost(self, shared: SharedConfig) -> Cost:
         ks, lams, G = self.cfg.eta_step_list, self.cfg.granular_list, shared.num_generations
         completions = sum(self.completion_evals(shared, k, lam) for k in ks for lam in lams)
-        # the batched rollout reuses the anchor's velocity at x_k for the SDE step; the official loop recomputes it
-        sde = G * len(ks) if self.cfg.rollout_mode is RolloutMode.REFERENCE else 0
+        # the batched rollout reuses the anchor's velocity at x_k for the SDE step (once per k at the bf16-rounded
+        # x_k under anchor_dtype 'bf16'); the official loop recomputes it per member
+        if self.cfg.rollout_mode is RolloutMode.REFERENCE:
+            sde = G * len(ks)
+        else:
+            sde = len(ks) if self.cfg.anchor_dtype == "bf16" else 0
+        official = shared.num_steps + G * completions + G * len(ks)  # the paper's 1216 / 1792 / 2188 for Lambda 1..3
         return Cost(
             nfe_rollout=shared.num_steps + G * completions + sde,
             nfe_train=len(ks),
             images_scored=G * len(ks) * len(lams) + 1,
+            nfe_rollout_official=official if sde != G * len(ks) else None,
         )

@@ -67,8 +67,10 @@ MODEL_SETTINGS = ("timestep_convention", "precision", "lora")
 (``model_settings``) so an evaluation rebuilds the model as it was trained (``apply_model_settings``)."""
 
 
-def model_settings(shared: SharedConfig) -> dict:
-    return {k: getattr(shared, k) for k in MODEL_SETTINGS}
+def model_settings(shared: SharedConfig, method: Method | None = None) -> dict:
+    """The settings of ``MODEL_SETTINGS``; with a method, ``lora`` is the adapter it trains (``Method.lora``)."""
+    settings = {k: getattr(shared, k) for k in MODEL_SETTINGS}
+    return settings | ({"lora": method.lora(shared)} if method is not None else {})
 
 
 def apply_model_settings(policy: FlowPolicy, settings: dict) -> FlowPolicy:
@@ -79,9 +81,10 @@ def apply_model_settings(policy: FlowPolicy, settings: dict) -> FlowPolicy:
     if "precision" in settings:
         policy.precision = settings["precision"]
     if settings.get("lora"):
-        from .models.lora import LORA_PRESETS, add_lora
+        from .models.lora import LORA_PRESETS, add_lora, has_lora
 
-        add_lora(policy, **LORA_PRESETS[settings["lora"]])
+        if not has_lora(policy):  # a policy given with its adapter keeps it
+            add_lora(policy, **LORA_PRESETS[settings["lora"]])
     return policy
 
 
@@ -92,15 +95,17 @@ def trained_meta(method: Method, shared: SharedConfig, rounds: int, variant: str
     import dataclasses
 
     return {"tier": shared.model, "method": method.name, "variant": variant, "seed": shared.seed, "rounds": rounds,
-            "in_domain": shared.rewards, "settings": model_settings(shared),
+            "in_domain": shared.rewards, "settings": model_settings(shared, method),
             "weights": "ema" if method.ema is not None else "live", "knobs": dataclasses.asdict(method.cfg),
-            "nfe_per_round": nfe_per_round(method, shared), "shared_digest": shared.digest()}
+            "nfe_per_round": nfe_per_round(method, shared),
+            "nfe_per_round_official": nfe_per_round(method, shared, official=True), "shared_digest": shared.digest(),
+            "comparable_digest": shared.comparable_digest()}
 
 
-def prepare(policy: FlowPolicy, shared: SharedConfig) -> FlowPolicy:
-    """Make the policy run as the shared settings say (``apply_model_settings``, then gradient checkpointing). The
-    Trainer calls it, before the method takes its KL reference."""
-    apply_model_settings(policy, model_settings(shared))
+def prepare(policy: FlowPolicy, shared: SharedConfig, method: Method | None = None) -> FlowPolicy:
+    """Make the policy run as the shared settings and the method say (``apply_model_settings``, then gradient
+    checkpointing). The Trainer calls it, before the method takes its KL reference."""
+    apply_model_settings(policy, model_settings(shared, method))
     if shared.gradient_checkpointing:
         from .models.precision import enable_memory_savers
 
@@ -123,7 +128,7 @@ class Trainer:
         self.dp = dp or DataParallel()
         self.dp.shard(shared.prompts_per_round)  # fails early unless the prompts split evenly over the ranks
         method.validate(shared)
-        prepare(policy, shared)
+        prepare(policy, shared, method)
         method.setup(policy)  # before sharding: a full fine-tune's KL reference is a copy of the unsharded policy
         self.dp.wrap(policy, *[m for m in (method.reference,) if m is not None and hasattr(m, "transformer")])
         params = [p for p in policy.parameters() if p.requires_grad]

@@ -79,6 +79,8 @@ class Cost:
     """Images scored by each reward model (including logging-only images)."""
     nfe_reference: int = 0
     """Forward-only evaluations of a frozen reference policy in the update (Flow-GRPO's KL)."""
+    nfe_rollout_official: int | None = None
+    """``nfe_rollout`` as the official loop (and the paper) counts it, where ours is lower; None = the same."""
 
 
 class Method:
@@ -122,6 +124,15 @@ class Method:
     def cost(self, shared: SharedConfig) -> Cost:
         raise NotImplementedError
 
+    def lora(self, shared: SharedConfig) -> str:
+        """The LoRA preset (``g2rpo.models.lora.LORA_PRESETS``) this method trains under ``shared``; '' = every weight.
+        Default: the shared setting; Flow-GRPO brings its own."""
+        return shared.lora
+
+    def optimizer_steps(self, shared: SharedConfig) -> int:
+        """Optimizer steps of a round in which every sample is trained (the dry run shows it)."""
+        raise NotImplementedError
+
     def extra_loss(self, policy: FlowPolicy, tr: Transitions, rows: torch.Tensor, v: torch.Tensor,
                    cond: Cond) -> torch.Tensor:
         """Extra loss per (row, member), (L, n) or (L, 1), added before masking (e.g. Flow-GRPO's KL); default none."""
@@ -137,7 +148,9 @@ class Method:
         return self.cfg.clip_range
 
 
-def nfe_per_round(method: Method, shared: SharedConfig) -> int:
-    """Model evaluations of a round, a training forward+backward counted as one."""
+def nfe_per_round(method: Method, shared: SharedConfig, official: bool = False) -> int:
+    """Model evaluations of a round, a training forward+backward counted as one; ``official``: as the official code
+    counts them (``Cost.nfe_rollout_official``)."""
     c = method.cost(shared)
-    return shared.prompts_per_round * (c.nfe_rollout + c.nfe_train + c.nfe_reference)
+    rollout = c.nfe_rollout_official if official and c.nfe_rollout_official is not None else c.nfe_rollout
+    return shared.prompts_per_round * (rollout + c.nfe_train + c.nfe_reference)

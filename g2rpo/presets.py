@@ -73,10 +73,12 @@ rates are tuned for a 12B FLUX (G2RPO 2e-6, DanceGRPO/MixGRPO 1e-5) or a LoRA (F
 to a 2.4M-parameter model; one rate chosen for one method would favour that method."""
 
 POCKET_KNOBS = {"g2rpo": {"eta_step_list": (0, 1, 2, 3), "granular_list": (1, 2)},
-                "flowgrpo": {},
-                # one group per optimizer step, as the official scripts (12 samples = one group of 12)
-                "dancegrpo": {"gradient_accumulation_steps": 8},
-                "mixgrpo": {"gradient_accumulation_steps": 8}}
+                # every method fine-tunes all of the 2.4M-parameter pocket model (equal settings), Flow-GRPO included
+                "flowgrpo": {"use_lora": False},
+                # one process, one group per optimizer step: 2 steps per round of 2 prompts x 8 (the official
+                # recipes take 3 (DanceGRPO) and 4 (MixGRPO) steps per round of 16 and 32 prompts x 12)
+                "dancegrpo": {"gradient_accumulation_steps": 8, "world_size": 1},
+                "mixgrpo": {"gradient_accumulation_steps": 8, "world_size": 1}}
 
 
 def _with_lr(knobs: dict[str, dict], lrs: dict[str, float]) -> dict[str, dict]:
@@ -102,7 +104,10 @@ PRESETS: dict[str, Preset] = {
         # 16 prompts per round: the paper's one prompt per GPU on 16 GPUs (torchrun splits a round's prompts)
         shared=SharedConfig(model="flux-dev", num_steps=16, shift=3.0, num_generations=12, prompts_per_round=16,
                             rounds=300, rewards={"hps": 1.0, "clip": 1.0}, precision="bf16"),
-        knobs={"g2rpo": {"eta": 0.7, "eta_step_list": tuple(range(8)), "granular_list": (1, 2, 3)}},
+        # DanceGRPO as its 16-GPU script (the defaults: 3 steps of 4 x 16 samples); MixGRPO's per-GPU accumulation 3 on
+        # these 16 GPUs (4 steps of 3 x 16; its own 32-GPU run steps on 96); Flow-GRPO trains its FLUX LoRA (default)
+        knobs={"g2rpo": {"eta": 0.7, "eta_step_list": tuple(range(8)), "granular_list": (1, 2, 3)},
+               "mixgrpo": {"world_size": 16}},
         eval=EvalSettings(num_prompts=400, steps=50),
         seeds=1,
     ),
@@ -111,16 +116,17 @@ PRESETS: dict[str, Preset] = {
         shared=SharedConfig(model="sd35", num_steps=10, shift=3.0, schedule="flow_match", timestep_convention="float",
                             num_generations=24, prompts_per_round=48, rounds=300, rewards={"pickscore_26": 1.0},
                             precision="bf16", lora="flowgrpo-sd3"),
-        # two micro-batches of 9 per GPU make one optimizer step there, so its EMA moves twice at a moving step
-        knobs={"flowgrpo": {"beta": 0.01, "ema": EMAConfig(repeats=2)}},
+        # two micro-batches of 9 per GPU make one optimizer step there, so its EMA moves twice at a moving step; 32 GPUs
+        # of 36 samples, each GPU's kept count made divisible by its 4 batches
+        knobs={"flowgrpo": {"beta": 0.01, "ema": EMAConfig(repeats=2), "world_size": 32, "num_batches_per_epoch": 4}},
         eval=EvalSettings(num_prompts=0, steps=40),
         seeds=1,
     ),
     "smoke": Preset(
         shared=SharedConfig(model="tiny", num_steps=6, shift=3.0, num_generations=3, prompts_per_round=2, rounds=2,
                             rewards={"brightness": 1.0, "redness": 1.0}),
-        knobs={"g2rpo": {"eta_step_list": (0, 1, 2)}, "dancegrpo": {"gradient_accumulation_steps": 3},
-               "mixgrpo": {"gradient_accumulation_steps": 3, "window_size": 2}},
+        knobs={"g2rpo": {"eta_step_list": (0, 1, 2)}, "dancegrpo": {"gradient_accumulation_steps": 3, "world_size": 1},
+               "mixgrpo": {"gradient_accumulation_steps": 3, "world_size": 1, "window_size": 2}},
         eval=EvalSettings(num_prompts=4, grid_prompts=4, images_per_prompt=2, curve_every=1),
         seeds=2,
     ),

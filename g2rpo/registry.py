@@ -5,6 +5,8 @@ then fixes Lambda = {1}).
 """
 from __future__ import annotations
 
+import dataclasses
+
 from .granular import G2RPO, G2RPOConfig
 from .method import Method
 
@@ -38,9 +40,13 @@ METHODS = {
 }
 
 
-def make_method(name: str, preset_knobs: dict | None = None, **overrides) -> Method:
-    """Build a method by name: official defaults <- the preset's knobs for its family <- explicit overrides."""
+def make_method(name: str, preset_knobs: dict | None = None, lr: float | None = None, **overrides) -> Method:
+    """Build a method by name: official defaults <- the preset's knobs for its family <- explicit overrides; ``lr``
+    (a rate set explicitly: --lr, a sweep) replaces the learning rate of the AdamW settings those give."""
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     family, factory = METHODS[name]
-    return factory(**((preset_knobs or {}).get(family, {}) | overrides))
+    knobs = (preset_knobs or {}).get(family, {}) | overrides
+    if lr is not None:  # rebuilt with the settings as a knob: a rate given explicitly (Flow-GRPO checks it)
+        knobs |= {"optim": dataclasses.replace(factory(**knobs).optim, lr=lr)}
+    return factory(**knobs)

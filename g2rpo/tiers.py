@@ -83,6 +83,14 @@ LOADERS: dict[str, Callable[[], Tier]] = {"tiny": _tiny, "tiny-sd3": lambda: _ti
                                           "flux-dev": _flux_dev, "sd35": _sd35}
 
 
+SD3_TIERS = ("sd35", "tiny-sd3")
+
+
+def architecture(model: str) -> str:
+    """'sd3' for the SD3-class tiers, else 'flux' (the FLUX-class tiers, and a model given as a path)."""
+    return "sd3" if model in SD3_TIERS else "flux"
+
+
 def load_tier(name: str) -> Tier:
     if name not in LOADERS:
         raise KeyError(f"model tier {name!r} cannot be loaded here; available: {', '.join(LOADERS)}")

@@ -67,7 +67,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     plan = {"method": method.name, "shared": dataclasses.asdict(shared), "shared_digest": shared.digest(),
-            "knobs": dataclasses.asdict(method.cfg), "cost_per_prompt_round": dataclasses.asdict(method.cost(shared))}
+            "comparable_digest": shared.comparable_digest(),
+            "knobs": dataclasses.asdict(method.cfg), "cost_per_prompt_round": dataclasses.asdict(method.cost(shared)),
+            "optimizer_steps_per_round": method.optimizer_steps(shared), "lora": method.lora(shared)}
     if a.dry_run:
         print(json.dumps(plan, indent=2, default=str))
         return 0
@@ -135,7 +137,7 @@ def _mlflow_run(a, plan: dict):
     rec = Recorder(client, exp_id, Path(a.checkpoint or ".") / "mlflow-spool.jsonl", experiment)
     rec.start("run", f"{plan['method']}:{a.preset}", {"commit": git_commit(), "kind": "g2rpo.train",
                                                      "world": os.environ.get("WORLD_SIZE", "1"), "fsdp": str(a.fsdp)})
-    rec.params("run", flatten({k: plan[k] for k in ("method", "shared", "shared_digest", "knobs")}))
+    rec.params("run", flatten({k: plan[k] for k in ("method", "shared", "shared_digest", "comparable_digest", "knobs")}))
     return rec
 
 

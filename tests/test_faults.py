@@ -47,8 +47,8 @@ class Holey(Brightness):
 
 def make_trainer(name, reward):
     sh = shared(rewards={"brightness": 1.0})
-    knobs = {"g2rpo": {"eta_step_list": (0, 1, 2)}, "dancegrpo": {"gradient_accumulation_steps": 3},
-             "mixgrpo": {"gradient_accumulation_steps": 3}}
+    knobs = {"g2rpo": {"eta_step_list": (0, 1, 2)}, "dancegrpo": {"gradient_accumulation_steps": 3, "world_size": 1},
+             "mixgrpo": {"gradient_accumulation_steps": 3, "world_size": 1}}
     m = make_method(name, knobs)
     m.cfg.optim = m.optim = no_decay(1e-3)
     return Trainer(tiny_flux_policy(0), HashTextEncoder(), m, {"brightness": reward}, sh, PROMPTS)

@@ -185,7 +185,7 @@ def test_gradient_checkpointing_gives_the_same_update(lora):
         start = {n: p.detach().clone() for n, p in policy.named_parameters()}
         enable_memory_savers(policy, gradient_checkpointing=checkpointing)
         calls = block_calls(policy)
-        method = FlowGRPO(FlowGRPOConfig(beta=0.04, optim=no_decay(1e-3)))
+        method = FlowGRPO(FlowGRPOConfig(beta=0.04, use_lora=lora, optim=no_decay(1e-3)))
         Trainer(policy, HashTextEncoder(), method, REWARDS, sh, PROMPTS).step()
         params.append({n: p.detach().clone() for n, p in policy.named_parameters()})
         counts.append(len(calls))

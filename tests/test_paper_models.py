@@ -65,14 +65,13 @@ def test_sd3_true_cfg_equals_two_separate_calls_and_counts_rows():
     assert p.calls == {"rollout": 6, "train": 3} and rows == [6, 3, 3, 2, 2, 2, 6]
 
 
-KNOBS = {"g2rpo": {"eta_step_list": (0, 2)}, "dancegrpo": {"gradient_accumulation_steps": 4},
-         "mixgrpo": {"gradient_accumulation_steps": 4}, "flowgrpo": {"beta": 0.04}}
+KNOBS = {"g2rpo": {"eta_step_list": (0, 2)}, "dancegrpo": {"gradient_accumulation_steps": 4, "world_size": 1},
+         "mixgrpo": {"gradient_accumulation_steps": 4, "world_size": 1}, "flowgrpo": {"beta": 0.04, "use_lora": False}}
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_trains_a_round_on_the_sd3_policy(name):
-    m = make_method(name, KNOBS)
-    m.cfg.optim = m.optim = no_decay(1e-4)
+    m = make_method(name, KNOBS | {name.split("-")[0]: KNOBS.get(name.split("-")[0], {}) | {"optim": no_decay(1e-4)}})
     sh = shared()
     t = Trainer(tiny_sd3_policy(0), HashTextEncoder(), m, REWARDS, sh, PROMPTS)
     rows = count_rows(t.policy.transformer)  # after the Trainer: Flow-GRPO's deep-copied reference has no hook

@@ -121,6 +121,9 @@ def test_smoke_run_writes_tables_and_mlflow_runs(smoke):
     weights = {json.loads(m.with_suffix(".json").read_text())["weights"] for m in models if m.name.startswith("flowgrpo")}
     assert weights == {"ema"}  # Flow-GRPO evaluates and saves its weight average, as the official code
     assert "Flow-GRPO: scores of the EMA of the weights" in (out / "table1_main.md").read_text()
+    assert "NFE/round (official)" in (out / "table1_main.md").read_text()  # G2RPO's count as the paper's beside ours
+    sidecars = {json.loads(m.with_suffix(".json").read_text())["settings"]["lora"] for m in models if m.name.startswith("flowgrpo")}
+    assert sidecars == {"flowgrpo-flux"}  # Flow-GRPO trains its LoRA (the smoke preset does not say otherwise)
     table = pd.read_csv(out / "table1_main.csv")
     assert list(table.Method) == ["Base model", "DanceGRPO", "MixGRPO", "Flow-GRPO", "G²RPO w/o MGAI", "G²RPO"]
     assert (table["eval/brightness|count"].iloc[1:] == 2).all()

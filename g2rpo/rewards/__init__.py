@@ -4,6 +4,8 @@ A reward maps images (B, 3, H, W) in [0, 1] and their prompts to a (B,) float32 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -17,6 +19,8 @@ class Reward:
     """Typical range of the score, e.g. '[-1, 1], ~0.3 for a good image'."""
     checkpoint: str = ""
     """Identity of the weights (path and sha256), '' for rewards without weights."""
+    autocast: str | None = None
+    """'fp16': score under fp16 autocast on the network's device, as the official HPS scoring; None (default): off."""
 
     @property
     def device(self) -> torch.device:
@@ -40,13 +44,23 @@ class Reward:
             raise ValueError(f"{self.name}: images must be (B, 3, H, W), got {tuple(images.shape)}")
         if len(prompts) != images.shape[0]:
             raise ValueError(f"{self.name}: {images.shape[0]} images but {len(prompts)} prompts")
-        return self.score(images.float(), prompts).float().reshape(-1).cpu()
+        with self._autocast():
+            scores = self.score(images.float(), prompts)
+        return scores.float().reshape(-1).cpu()
+
+    def _autocast(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        if self.autocast != "fp16":
+            raise ValueError(f"{self.name}: autocast must be None or 'fp16', got {self.autocast!r}")
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16)
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
     def describe(self) -> dict[str, str]:
-        return {"name": self.name, "units": self.units, "scale": self.scale, "checkpoint": self.checkpoint}
+        out = {"name": self.name, "units": self.units, "scale": self.scale, "checkpoint": self.checkpoint}
+        return out | ({"autocast": self.autocast} if self.autocast else {})
 
 
 class Brightness(Reward):

@@ -2,7 +2,8 @@
 
 - HPS-v2.1: open_clip ViT-H-14 with the HPS_v2.1 state dict; cosine of normalised features, no logit scale
   (hpsv2's ``img_score.score``), preprocessed as hpsv2's ``preprocess_val`` does it.
-- CLIP score: DFN5B-CLIP-ViT-H-14-378 through open_clip; cosine of normalised features.
+- CLIP score: DFN5B-CLIP-ViT-H-14-378 through open_clip (by default; any DFN5B open_clip folder, e.g. the 224 px
+  DFN5B-CLIP-ViT-H-14, loads the same way); cosine of normalised features.
 - PickScore: transformers ``CLIPModel`` (PickScore_v1) with the CLIP-H processor; logit_scale * cosine, optionally
   divided by 100 (as the G2RPO paper's tables show it) or 26 (as Flow-GRPO's training reward uses it).
 Every reward takes (B, 3, H, W) in [0, 1], quantises to 8 bits (``weights.to_pil``) and scores a batch at once.
@@ -99,6 +100,9 @@ class CLIPScore(OpenClipCosine):
                                                        weights[0], self.source)
         self.tokenizer = open_clip.get_tokenizer(name)
         self.checkpoint = identity(weights[0])
+        size = self.model.visual.image_size  # the folder's variant: 378 px for -378 (hub alias -384), 224 px without
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        self.units = f"cosine of {Path(str(path)).name} ({size} px) image and prompt embeddings"
 
 
 class PickScore(Reward):

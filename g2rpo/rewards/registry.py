@@ -20,7 +20,7 @@ class RewardPaths:
     hps: str = "xswu/HPSv2"
     """HPS_v2.1_compressed.pt, or a folder holding it."""
     clip: str = "apple/DFN5B-CLIP-ViT-H-14-378"
-    """Folder with open_clip_config.json and the DFN5B open_clip weights."""
+    """Folder with open_clip_config.json and DFN5B open_clip weights (378 px; apple/DFN5B-CLIP-ViT-H-14 is 224 px)."""
     pickscore: str = "yuvalkirstain/PickScore_v1"
     """transformers CLIPModel folder of PickScore_v1."""
     pickscore_processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
