@@ -17,9 +17,9 @@ because its result is the negative one the binding task answers: no method moved
 
 ``flowgrpo-sd35`` is Flow-GRPO's own SD3.5-medium PickScore setting (not in the G2RPO paper): 512 px, diffusers'
 flow-match grid with N = 10 ("denoising reduction") fed float timesteps, true CFG 4.5, G = 24, 48 prompts per
-round, PickScore/26, LoRA r 32 / alpha 64 in bf16, KL beta 0.01, EMA for evaluation, 40 ODE steps at evaluation.
-The official runs have no fixed length (stopped by hand): 300 rounds here. The other methods run in it with
-their own defaults.
+round on 32 GPUs, PickScore/26, LoRA r 32 / alpha 64 in bf16, KL beta 0.01, EMA for evaluation, 40 ODE steps at
+evaluation. The official runs have no fixed length (stopped by hand): 300 rounds here. The other methods run in it
+with their own defaults, their per-GPU accumulation counted over its 32 GPUs.
 """
 from __future__ import annotations
 
@@ -118,7 +118,9 @@ PRESETS: dict[str, Preset] = {
                             precision="bf16", lora="flowgrpo-sd3"),
         # two micro-batches of 9 per GPU make one optimizer step there, so its EMA moves twice at a moving step; 32 GPUs
         # of 36 samples, each GPU's kept count made divisible by its 4 batches
-        knobs={"flowgrpo": {"beta": 0.01, "ema": EMAConfig(repeats=2), "world_size": 32, "num_batches_per_epoch": 4}},
+        # DanceGRPO's per-GPU accumulation on these 32 GPUs too (its 16-GPU script's 4: 9 steps of 128 per round)
+        knobs={"flowgrpo": {"beta": 0.01, "ema": EMAConfig(repeats=2), "world_size": 32, "num_batches_per_epoch": 4},
+               "dancegrpo": {"world_size": 32}},
         eval=EvalSettings(num_prompts=0, steps=40),
         seeds=1,
     ),
