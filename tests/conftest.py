@@ -17,3 +17,10 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def pytest_collection_modifyitems(config, items):
+    """torchrun and paper-tier parity tests are slow too, so `-m "not slow"` is the fast tier."""
+    for item in items:
+        if item.get_closest_marker("distributed") or item.get_closest_marker("paper"):
+            item.add_marker(pytest.mark.slow)

@@ -18,6 +18,8 @@ from g2rpo.models.sd3 import tiny_sd3_policy
 from g2rpo.registry import METHODS
 
 
+pytestmark = pytest.mark.distributed
+
 # Flow-GRPO saves its weight average, which the official interval (8) would not move in 2 rounds' 4 optimizer steps:
 # moved every step, the saved running average covers every step (its shadows are sharded under FSDP as the weights)
 EMA = {"flowgrpo": ("--ema-update-step-interval", "1")}

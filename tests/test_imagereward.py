@@ -15,6 +15,9 @@ from g2rpo.rewards.imagereward import ImageRewardScore
 from g2rpo.rewards.weights import RewardCheckpointError
 from tests.goldens import record_imagereward as rec
 
+pytestmark = pytest.mark.paper
+
+
 GOLDEN = json.loads(rec.GOLDENS.read_text())
 # Same fp32 maths, different kernels and op order (timm vs transformers attention, batch sizes) through 36 layers:
 # ~1e-6 observed here, more on other CPUs' kernels. 1e-4 leaves that room and stays far below what a wrong key

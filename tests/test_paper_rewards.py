@@ -22,6 +22,9 @@ from PIL import Image
 from g2rpo.rewards.clip_family import OPENAI_MEAN, OPENAI_STD, CLIPScore, HPSv21, PickScore, hps_preprocess
 from g2rpo.rewards.weights import RewardCheckpointError
 
+pytestmark = pytest.mark.paper
+
+
 PROMPTS = ["a red apple on a table", "a cat wearing a tiny hat",
            "an extremely long prompt " + "with many repeated words " * 20 + "that overflows the context"]
 

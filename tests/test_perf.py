@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a benchmark run; the JSON shape on the smallest grid
 def test_perf_quick_json(tmp_path):
     out = tmp_path / "perf.md"
     r = subprocess.run([sys.executable, "-m", "benchmarks.perf", "--preset", "smoke", "--quick", "--skip-rss", "--reps", "1",

@@ -10,6 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow
+
+
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--preset", "smoke", "--methods", "g2rpo,flowgrpo", "--seeds", "1", "--rounds", "6", "--threads", "1"]
 TIMING = ("time/", "wall", "train s")

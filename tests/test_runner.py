@@ -108,6 +108,7 @@ def smoke(tmp_path_factory):
     return out, r
 
 
+@pytest.mark.slow  # the smoke benchmark run (module fixture)
 def test_smoke_run_writes_tables_and_mlflow_runs(smoke):
     out, r = smoke
     for stem in ["table1_main", "paired_vs_base", "table2_granularity", "table3_steps"]:
@@ -146,6 +147,7 @@ def test_smoke_run_writes_tables_and_mlflow_runs(smoke):
     assert "peak RSS" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow  # the smoke benchmark run (module fixture)
 def test_smoke_run_reports_precision_curves_and_guards(smoke):
     out, _ = smoke
     prec = pd.read_csv(out / "precision.csv")
@@ -174,6 +176,7 @@ def test_smoke_run_reports_precision_curves_and_guards(smoke):
     assert nfe[0] == 0 and nfe[2] == run.data.metrics["cost/total_nfe"]
 
 
+@pytest.mark.slow  # the smoke benchmark run (module fixture)
 def test_tables_rebuild_from_mlflow_alone(smoke, tmp_path):
     out, _ = smoke
     r = run("benchmarks.table", "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", "g2rpo-bench/smoke",
@@ -184,6 +187,7 @@ def test_tables_rebuild_from_mlflow_alone(smoke, tmp_path):
         assert (tmp_path / f).read_text() == (out / f).read_text(), f
 
 
+@pytest.mark.slow  # the smoke benchmark run (module fixture)
 def test_the_comparison_is_on_the_parent_run(smoke, tmp_path):
     """Every table as an MLflow table equal to its CSV (also after a rebuild published it again), every figure as a
     PNG, the README, a description, the experiment opening as model training, and tags to group child runs by."""
@@ -220,6 +224,7 @@ def test_the_comparison_is_on_the_parent_run(smoke, tmp_path):
         assert {"method", "variant", "seed", "tier", "preset", "shared_digest"} <= set(c.data.tags), c.info.run_id
 
 
+@pytest.mark.slow  # the smoke benchmark run (module fixture)
 def test_tables_rebuild_from_the_parent_run_when_child_runs_are_gone(smoke, tmp_path):
     import shutil
 
@@ -248,6 +253,7 @@ def test_parse_int_sets():
     assert parse_int_sets("0-3;4-7", "x") == [(0, 1, 2, 3), (4, 5, 6, 7)]
 
 
+@pytest.mark.slow  # the smoke benchmark run (module fixture)
 def test_granularity_table_rows(smoke):
     out, _ = smoke
     assert list(pd.read_csv(out / "table2_granularity.csv")["Λ"]) == ["{1}", "{1,2}", "{1,3}"]
@@ -295,6 +301,7 @@ def test_corrupt_model_file_fails_before_training(tmp_path, monkeypatch, capsys)
     assert err.startswith("error: pocket generator files") and err.count("\n") == 1, err
 
 
+@pytest.mark.slow  # the smoke benchmark run (module fixture)
 def test_table_refuses_a_missing_store_or_experiment_without_creating_one(smoke, tmp_path):
     out, _ = smoke
     r = run("benchmarks.table", "--tracking-uri", f"sqlite:///{tmp_path / 'typo.db'}", "--experiment", "g2rpo-bench/smoke")
