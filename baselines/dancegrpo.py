@@ -11,7 +11,7 @@ from g2rpo.ema import EMAConfig
 from g2rpo.method import Cost
 from g2rpo.sde import dance_sde_g
 
-from .trajectory import TrajectoryMethod, check_accumulation
+from .trajectory import TrajectoryMethod, check_positive_ints
 
 
 @dataclass
@@ -60,7 +60,7 @@ class DanceGRPO(TrajectoryMethod):
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.cfg.timestep_fraction}")
         if self.cfg.eta <= 0:
             raise ValueError(f"eta must be > 0, got {self.cfg.eta}")
-        check_accumulation(self.cfg)
+        check_positive_ints(self.cfg, "gradient_accumulation_steps", "world_size")
 
     def step_g(self, sigmas, round_idx):
         return dance_sde_g(sigmas[:-1], self.cfg.eta)

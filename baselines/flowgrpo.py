@@ -16,7 +16,7 @@ from g2rpo.models.lora import reference_policy
 from g2rpo.sde import flow_sde_g, sde_step
 from g2rpo.tiers import architecture
 
-from .trajectory import TrajectoryMethod
+from .trajectory import TrajectoryMethod, check_positive_ints
 
 LORA_OPTIM = OptimConfig(lr=3e-4, weight_decay=1e-4, max_grad_norm=1.0)
 """Official AdamW settings; lr 3e-4 is a rate for its LoRA (r 32-64), not for every weight."""
@@ -98,10 +98,7 @@ class FlowGRPO(TrajectoryMethod):
             raise ValueError(f"beta must be >= 0, got {self.cfg.beta}")
         if self.cfg.latent_dtype not in ("fp32", "bf16"):
             raise ValueError(f"latent_dtype must be 'fp32' or 'bf16', got {self.cfg.latent_dtype!r}")
-        for knob in ("num_batches_per_epoch", "world_size", "optimizer_steps_per_round"):
-            v = getattr(self.cfg, knob)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{knob} must be an integer >= 1, got {v!r}")
+        check_positive_ints(self.cfg, "num_batches_per_epoch", "world_size", "optimizer_steps_per_round")
         if shared.lora and not self.cfg.use_lora:
             raise ValueError(f"use_lora=False contradicts the shared lora={shared.lora!r}")
         if not self.lora(shared) and not self.lr_given:

@@ -11,7 +11,7 @@ from g2rpo.ema import EMAConfig
 from g2rpo.method import Cost
 from g2rpo.sde import flow_sde_g
 
-from .trajectory import TrajectoryMethod, check_accumulation
+from .trajectory import TrajectoryMethod, check_positive_ints
 
 
 @dataclass
@@ -57,7 +57,7 @@ class MixGRPO(TrajectoryMethod):
             raise ValueError(f"window_size must be in [1, N={shared.num_steps}], got {self.cfg.window_size}")
         if self.cfg.window_shift_every < 1:
             raise ValueError("window_shift_every must be >= 1")
-        check_accumulation(self.cfg)
+        check_positive_ints(self.cfg, "gradient_accumulation_steps", "world_size")
 
     def window_start(self, n_steps: int, round_idx: int) -> int:
         """The official progressive start: 0, 1, ..., N-2 (one move every window_shift_every rounds), then 0 again

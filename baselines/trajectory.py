@@ -37,9 +37,9 @@ def sample_trajectories(policy: FlowPolicy, x_T: torch.Tensor, sigmas: torch.Ten
     return torch.stack(xs), torch.stack(logps), predict_x0(x, v, sigmas[-2])
 
 
-def check_accumulation(cfg) -> None:
-    """``gradient_accumulation_steps`` and ``world_size`` of a config are positive integers."""
-    for knob in ("gradient_accumulation_steps", "world_size"):
+def check_positive_ints(cfg, *knobs: str) -> None:
+    """ValueError unless each named knob of ``cfg`` is an integer >= 1 (counts of steps, samples, GPUs)."""
+    for knob in knobs:
         v = getattr(cfg, knob)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{knob} must be an integer >= 1, got {v!r}")

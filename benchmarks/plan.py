@@ -111,14 +111,14 @@ def describe(runs: list[RunSpec], preset: Preset) -> list[dict]:
         m = spec.build(preset)
         shared = dataclasses.replace(preset.shared, rounds=spec.rounds)
         c = m.cost(shared)
-        n = shared.prompts_per_round * shared.num_generations
+        n, steps = shared.prompts_per_round * shared.num_generations, m.optimizer_steps(shared)
         rows[key] = {"method": spec.method, "variant": spec.variant, "nfe_rollout_per_prompt": c.nfe_rollout,
                      "nfe_rollout_per_prompt_official": c.nfe_rollout_official or c.nfe_rollout,
                      "nfe_train_per_prompt": c.nfe_train, "nfe_reference_per_prompt": c.nfe_reference,
                      "images_scored_per_prompt": c.images_scored, "nfe_per_round": nfe_per_round(m, shared),
                      "nfe_per_round_official": nfe_per_round(m, shared, official=True),
-                     "optimizer_steps_per_round": m.optimizer_steps(shared),
-                     "samples_per_optimizer_step": -(-n // m.optimizer_steps(shared)), "lora": m.lora(shared),
+                     "optimizer_steps_per_round": steps, "samples_per_optimizer_step": -(-n // steps),
+                     "lora": m.lora(shared),
                      "rounds": spec.rounds, "total_nfe": spec.rounds * nfe_per_round(m, shared), "seeds": 1,
                      "knobs": {k: v for k, v in dataclasses.asdict(m.cfg).items() if k != "optim"} | {"lr": m.optim.lr}}
     return list(rows.values())
