@@ -69,6 +69,9 @@ class G2RPOConfig:
     """Optimizer steps per round (see UpdateSchedule)."""
     rollout_mode: RolloutMode = RolloutMode.BATCHED
     """Rollout execution (see RolloutMode)."""
+    shared_prefix: bool = True
+    """Batched rollout: a member's completions at every granularity share their first two evaluations (each grid
+    starts sigma[k+1], sigma[k+2]), computed once; the same samples. False: every chain evaluated on its own."""
     anchor_dtype: str = "fp32"
     """'bf16': stored anchor latents x_k rounded to bf16 as the official code stores them; 'fp32' (default): exact."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-6, weight_decay=1e-4, max_grad_norm=1.0))
@@ -137,7 +140,9 @@ class G2RPO(Method):
             starts = x_next[:, :, None].expand(P, len(ks), len(lams), G, *shape).reshape(-1, *shape)
             grids = [self._grid(sigmas, k, lam) for _ in range(P) for k in ks for lam in lams for _ in range(G)]
             rows = torch.arange(P).repeat_interleave(len(ks) * len(lams) * G)
-            x0 = complete_many(policy, starts, grids, cond[rows.tolist()], shared.max_batch)
+            member = torch.arange(P * len(ks) * G).view(P, len(ks), 1, G).expand(P, len(ks), len(lams), G).reshape(-1)
+            x0 = complete_many(policy, starts, grids, cond[rows.tolist()], shared.max_batch,
+                               member if cfg.shared_prefix else None)
             anchor = xs[: max(ks) + 1]
         else:
             x0_ode, x_next, logp, x0, anchor = self._rollout_reference(policy, cond, x_T, z, sigmas, g)
@@ -206,16 +211,25 @@ class G2RPO(Method):
         """Model evaluations of one completion: ceil((N-1-k)/lambda), +1 under CompletionEnd.ZERO when lambda skips 0."""
         return len(self._grid(shared.sigmas(), k, lam)) - 1
 
+    def member_completion_evals(self, shared: SharedConfig, k: int) -> int:
+        """Model evaluations of one member's completions over every granularity: their sum, less the points they
+        share under ``shared_prefix`` in the batched rollout (the distinct grid prefixes they evaluate at)."""
+        if not self.cfg.shared_prefix or self.cfg.rollout_mode is RolloutMode.REFERENCE:
+            return sum(self.completion_evals(shared, k, lam) for lam in self.cfg.granular_list)
+        grids = [self._grid(shared.sigmas(), k, lam).tolist() for lam in self.cfg.granular_list]
+        return len({tuple(g[: j + 1]) for g in grids for j in range(len(g) - 1)})
+
     def cost(self, shared: SharedConfig) -> Cost:
         ks, lams, G = self.cfg.eta_step_list, self.cfg.granular_list, shared.num_generations
-        completions = sum(self.completion_evals(shared, k, lam) for k in ks for lam in lams)
+        completions = sum(self.member_completion_evals(shared, k) for k in ks)
+        separate = sum(self.completion_evals(shared, k, lam) for k in ks for lam in lams)
         # the batched rollout reuses the anchor's velocity at x_k for the SDE step (once per k at the bf16-rounded
         # x_k under anchor_dtype 'bf16'); the official loop recomputes it per member
         if self.cfg.rollout_mode is RolloutMode.REFERENCE:
             sde = G * len(ks)
         else:
             sde = len(ks) if self.cfg.anchor_dtype == "bf16" else 0
-        official = shared.num_steps + G * completions + G * len(ks)  # the paper's 1216 / 1792 / 2188 for Lambda 1..3
+        official = shared.num_steps + G * separate + G * len(ks)  # the paper's 1216 / 1792 / 2188 for Lambda 1..3
         return Cost(
             nfe_rollout=shared.num_steps + G * completions + sde,
             nfe_train=len(ks),

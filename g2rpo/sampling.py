@@ -47,11 +47,32 @@ def complete_one(policy: FlowPolicy, x: torch.Tensor, grid: torch.Tensor, cond: 
     return x0
 
 
+def shared_evaluations(grids: list[torch.Tensor], source: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Per iteration of ``complete_many``: for each row, the row whose evaluation it can reuse (itself if none).
+
+    Rows with the same ``source`` (same start latents and conditioning) whose grids agree up to the current point hold
+    the same latents there, so their velocities are equal: MGAI's completions of one member share their first two
+    evaluations (every granularity's grid starts sigma[k+1], sigma[k+2]). ``None``: every row is its own source."""
+    src = torch.arange(len(grids)) if source is None else source
+    reps, width = [], max(len(g) for g in grids) - 1
+    for it in range(width):
+        first: dict[tuple, int] = {}
+        rep = torch.arange(len(grids))
+        for r, g in enumerate(grids):
+            if len(g) - 1 > it:
+                rep[r] = first.setdefault((int(src[r]), tuple(g[: it + 1].tolist())), r)
+        reps.append(rep)
+    return reps
+
+
 @torch.no_grad()
 def complete_many(
-    policy: FlowPolicy, x: torch.Tensor, grids: list[torch.Tensor], cond: Cond, max_batch: int = 0
+    policy: FlowPolicy, x: torch.Tensor, grids: list[torch.Tensor], cond: Cond, max_batch: int = 0,
+    source: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``complete_one`` for every row of ``x`` with its own grid, batched across rows per iteration."""
+    """``complete_one`` for every row of ``x`` with its own grid, batched across rows per iteration. With ``source``
+    (rows of one source start from the same latents and conditioning) a velocity several rows share is evaluated
+    once (``shared_evaluations``); the results are the same."""
     n = x.shape[0]
     steps = torch.tensor([len(g) - 1 for g in grids])
     if (steps < 1).any():
@@ -60,11 +81,19 @@ def complete_many(
     padded = torch.zeros(n, width + 1)
     for r, g in enumerate(grids):
         padded[r, : len(g)] = g
+    reps = shared_evaluations(grids, source) if source is not None else None
     x, x0 = x.float().clone(), torch.empty_like(x, dtype=torch.float32)
     for it in range(width):
         rows = torch.nonzero(steps > it).squeeze(1)
         s, s_next = padded[rows, it], padded[rows, it + 1]
-        v = _velocity(policy, x[rows], s, cond[rows.tolist()], max_batch)
+        if reps is None:
+            v = _velocity(policy, x[rows], s, cond[rows.tolist()], max_batch)
+        else:  # evaluate the rows that are their own representative, hand the velocity to the rows reusing it
+            rep = reps[it][rows]
+            own = torch.nonzero(rep == rows).squeeze(1)
+            slot = torch.full((n,), -1, dtype=torch.long)
+            slot[rows[own]] = torch.arange(len(own))
+            v = _velocity(policy, x[rows[own]], s[own], cond[rows[own].tolist()], max_batch)[slot[rep]]
         x0[rows] = predict_x0(x[rows], v, s)
         x[rows] = euler_step(x[rows], v, s, s_next)
     return x0

@@ -12,7 +12,7 @@ from g2rpo.loop import initial_noise
 from g2rpo.loss import ppo_clip_loss
 from g2rpo.models.flux import tiny_flux_policy
 from g2rpo.models.text import HashTextEncoder
-from g2rpo.sampling import complete_many, complete_one, ode_sample
+from g2rpo.sampling import complete_many, complete_one, ode_sample, shared_evaluations
 from g2rpo.schedules import coarse_completion_grid
 from g2rpo.sde import sde_step
 from tests.helpers import no_decay, rollout, shared, trainer
@@ -160,7 +160,35 @@ def test_paper_cost():
     ref = G2RPO(G2RPOConfig(granular_list=(1, 2, 3), rollout_mode="reference")).cost(sh)
     expected = 16 + 12 * sum(1 + sum(-(-(15 - k) // lam) for lam in (1, 2, 3)) for k in range(8))
     assert ref.nfe_rollout == expected and ref.nfe_train == 8 and ref.images_scored == 12 * 8 * 3 + 1
-    assert G2RPO(G2RPOConfig(granular_list=(1, 2, 3))).cost(sh).nfe_rollout == expected - 12 * 8
+    separate = G2RPO(G2RPOConfig(granular_list=(1, 2, 3), shared_prefix=False)).cost(sh)
+    assert separate.nfe_rollout == expected - 12 * 8  # the SDE steps reuse the anchor's velocities
+    # and every k's three completions (all of >= 2 evaluations here) share their first two: 2 * (3 - 1) fewer each
+    assert G2RPO(G2RPOConfig(granular_list=(1, 2, 3))).cost(sh).nfe_rollout == expected - 12 * 8 - 12 * 8 * 4
+
+
+def test_shared_evaluations_hand_computed():
+    s = torch.linspace(1, 0, 7)
+    grids = [s[[1, 2, 3, 4, 5, 6]], s[[1, 2, 4, 6]], s[[1, 2, 5]], s[[1, 2, 3]], s[[5, 6]]]
+    reps = shared_evaluations(grids, torch.tensor([0, 0, 0, 1, 0]))
+    assert [r.tolist() for r in reps] == [[0, 0, 0, 3, 4],  # same source, same first point (row 3: another source)
+                                          [0, 0, 0, 3, 4],  # ... and the same second; row 4 has finished (itself)
+                                          [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]  # apart from here
+
+
+@pytest.mark.parametrize("lams", [(1, 2), (1, 2, 3)])
+def test_shared_prefix_gives_the_same_samples_with_fewer_evaluations(lams):
+    sh = shared(num_steps=8)
+    runs = {}
+    for share in (False, True):
+        m = method(granular_list=lams, eta_step_list=(0, 3, 6), shared_prefix=share)
+        policy, _, ro = rollout(m, sh)
+        runs[share] = ro, policy.calls["rollout"], m.cost(sh).nfe_rollout
+    (a, na, ca), (b, nb, cb) = runs[False], runs[True]
+    assert torch.allclose(a.images, b.images, atol=1e-6) and torch.equal(a.transitions.x_next, b.transitions.x_next)
+    P, G = sh.prompts_per_round, sh.num_generations
+    assert (na, nb) == (P * ca, P * cb)
+    # k = 0, 3: two shared evaluations per extra granularity; k = N-2 = 6: one evaluation, shared by all
+    assert na - nb == P * G * (2 * 2 + 1) * (len(lams) - 1)
 
 
 def test_one_round_changes_every_parameter_and_grads_reach_only_trained_steps():
