@@ -7,6 +7,7 @@ out-of-domain rewards, logs everything to MLflow and renders the tables into ``-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -37,6 +38,8 @@ def parse_args(argv):
     ap.add_argument("--budget", default="rounds", help="rounds (equal rounds) or nfe (equal model evaluations)")
     ap.add_argument("--lr", type=float, help="one learning rate for every method instead of the preset's")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile the rollout forwards (speed, not results; default: the preset's)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and its cost accounting; no model work")
     ap.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     return ap.parse_args(argv)
@@ -45,6 +48,8 @@ def parse_args(argv):
 def resolve(a) -> tuple[Preset, list[RunSpec], list[int]]:
     """Validate every flag and build the plan; raises PlanError/KeyError with a one-line message."""
     p = get_preset(a.preset)
+    if a.compile is not None:
+        p = dataclasses.replace(p, shared=dataclasses.replace(p.shared, compile=a.compile))
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     sets = {f: parse_int_sets(v, "--" + f.replace("_", "-")) if v.strip() else []
             for f, v in (("granular_sets", a.granular_sets), ("eta_step_sets", a.eta_step_sets))}

@@ -46,6 +46,8 @@ class SharedConfig:
     """Largest rollout batch per model call (0 = no limit); bounds memory, not results."""
     max_train_batch: int = 0
     """Largest training batch per forward+backward (0 = no limit); gradients are accumulated across chunks."""
+    compile: bool = False
+    """torch.compile the rollout forwards (``FlowPolicy.compiled``); speed, not results (fp32 rounding apart)."""
 
     def __post_init__(self):
         from .models.lora import LORA_PRESETS
@@ -77,15 +79,15 @@ class SharedConfig:
         return _hash(self.comparable())
 
 
-ADDED_LATER = ("lora", "gradient_checkpointing")
+ADDED_LATER = ("lora", "gradient_checkpointing", "compile")
 """Fields added after digests were recorded; a new field goes here too, so that recorded digests (both kinds) still
 match while it is at its default."""
 
-PER_RUN = ("seed", "rounds", "max_batch", "max_train_batch", "gradient_checkpointing")
+PER_RUN = ("seed", "rounds", "max_batch", "max_train_batch", "gradient_checkpointing", "compile")
 """Fields that may differ between the runs of one comparison, the rest must match (``comparable``). ``seed``: the
 comparison is over seeds; ``rounds``: under an NFE budget each method runs its own number of rounds (the tables report
 NFE and rounds); ``max_batch``, ``max_train_batch`` and ``gradient_checkpointing``: they bound memory (chunked calls,
-accumulated gradients, recomputed activations), not results. Everything else changes what is trained or how it is
+accumulated gradients, recomputed activations), not results; ``compile``: speed, not results. Everything else changes what is trained or how it is
 scored: the model, the schedule (num_steps, shift, schedule, timestep_convention), the group and batch of prompts
 (num_generations, prompts_per_round), rewards and weights, precision, lora (full fine-tune vs adapter; to move here if
 the LoRA becomes a per-method setting) and min_valid_frac (which rounds update)."""

@@ -16,7 +16,7 @@ from . import advantages as A
 from .config import OptimConfig, SharedConfig
 from .ema import EMAConfig
 from .method import Cost, Method, Rollout, Transitions
-from .policy import Cond, FlowPolicy
+from .policy import Cond, FlowPolicy, autocast
 from .sampling import _velocity, complete_many, complete_one, ode_sample
 from .schedules import coarse_completion_grid
 from .sde import flow_sde_g, sde_step
@@ -72,6 +72,10 @@ class G2RPOConfig:
     shared_prefix: bool = True
     """Batched rollout: a member's completions at every granularity share their first two evaluations (each grid
     starts sigma[k+1], sigma[k+2]), computed once; the same samples. False: every chain evaluated on its own."""
+    completion_dtype: str = "model"
+    """'bf16': the completions' forwards in bf16 autocast (they only make the scored images; x_next and its log-prob
+    come from the anchor, so the ratio at the first update stays 1, but rewards move by bf16 rounding);
+    'model' (default): the shared precision."""
     anchor_dtype: str = "fp32"
     """'bf16': stored anchor latents x_k rounded to bf16 as the official code stores them; 'fp32' (default): exact."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-6, weight_decay=1e-4, max_grad_norm=1.0))
@@ -85,6 +89,8 @@ class G2RPOConfig:
         self.completion_end = CompletionEnd(self.completion_end)
         self.update = UpdateSchedule(self.update)
         self.rollout_mode = RolloutMode(self.rollout_mode)
+        if self.completion_dtype not in ("model", "bf16"):
+            raise ValueError(f"completion_dtype must be 'model' or 'bf16', got {self.completion_dtype!r}")
         if self.anchor_dtype not in ("fp32", "bf16"):
             raise ValueError(f"anchor_dtype must be 'fp32' or 'bf16', got {self.anchor_dtype!r}")
 
@@ -141,8 +147,9 @@ class G2RPO(Method):
             grids = [self._grid(sigmas, k, lam) for _ in range(P) for k in ks for lam in lams for _ in range(G)]
             rows = torch.arange(P).repeat_interleave(len(ks) * len(lams) * G)
             member = torch.arange(P * len(ks) * G).view(P, len(ks), 1, G).expand(P, len(ks), len(lams), G).reshape(-1)
-            x0 = complete_many(policy, starts, grids, cond[rows.tolist()], shared.max_batch,
-                               member if cfg.shared_prefix else None)
+            with autocast("bf16" if cfg.completion_dtype == "bf16" else None, policy.device):
+                x0 = complete_many(policy, starts, grids, cond[rows.tolist()], shared.max_batch,
+                                   member if cfg.shared_prefix else None)
             anchor = xs[: max(ks) + 1]
         else:
             x0_ode, x_next, logp, x0, anchor = self._rollout_reference(policy, cond, x_T, z, sigmas, g)
@@ -182,7 +189,8 @@ class G2RPO(Method):
                     out = sde_step(xs[k], v, sigmas[k], sigmas[k + 1], g[k], noise=z[p, j, i : i + 1])
                     x_next.append(out.sample[0])
                     logp.append(out.log_prob[0])
-                    x0 += [complete_one(policy, out.sample, self._grid(sigmas, k, lam), c)[0] for lam in lams]
+                    with autocast("bf16" if self.cfg.completion_dtype == "bf16" else None, policy.device):
+                        x0 += [complete_one(policy, out.sample, self._grid(sigmas, k, lam), c)[0] for lam in lams]
         shape = x_T.shape[1:]
         x_next = torch.stack(x_next).view(P, len(ks), G, *shape)
         logp = torch.stack(logp).view(P, len(ks), G)

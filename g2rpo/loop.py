@@ -103,9 +103,10 @@ def trained_meta(method: Method, shared: SharedConfig, rounds: int, variant: str
 
 
 def prepare(policy: FlowPolicy, shared: SharedConfig, method: Method | None = None) -> FlowPolicy:
-    """Make the policy run as the shared settings and the method say (``apply_model_settings``, then gradient
-    checkpointing). The Trainer calls it, before the method takes its KL reference."""
+    """Make the policy run as the shared settings and the method say (``apply_model_settings``, compiled rollouts,
+    gradient checkpointing). The Trainer calls it, before the method takes its KL reference."""
     apply_model_settings(policy, model_settings(shared, method))
+    policy.compiled = shared.compile
     if shared.gradient_checkpointing:
         from .models.precision import enable_memory_savers
 

@@ -8,6 +8,7 @@ cost accounting of each method can be checked against real calls.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from dataclasses import dataclass, fields
 
@@ -53,6 +54,40 @@ def autocast(dtype: torch.dtype | str | None = torch.bfloat16, device=None):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+ROLLOUT_BATCHES = (1, 2, 4, 8, 16, 32)
+"""Batch sizes the compiled rollout forward is built for: a call is padded up to the next one, a larger call split."""
+
+
+def _velocity_of(policy: "FlowPolicy", x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+    return policy._velocity(x, t, cond)
+
+
+@functools.cache
+def compiled_velocity():
+    """One compiled function for every policy: parameters are graph inputs, so a fresh copy of the same model reuses
+    the compiled code. Static shapes (one graph per batch size) fuse the elementwise work better than a dynamic graph
+    (measured on the pocket model: 1.4x vs 1.0x over eager in the rollout). A graph per batch size, autocast state
+    and model class outgrows dynamo's default limit of 8 per function, past which it would silently run eager."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(_velocity_of, dynamic=False)
+
+
+def padded_calls(fn, x: torch.Tensor, t: torch.Tensor, cond: Cond, sizes=ROLLOUT_BATCHES) -> torch.Tensor:
+    """``fn`` on ``x`` in chunks of at most ``sizes[-1]`` rows, each padded (repeating its first row) to the smallest
+    size that holds it, so that ``fn`` only ever sees those batch sizes. Rows are independent, so padding leaves the
+    real rows' results alone."""
+    out = []
+    for i in range(0, x.shape[0], sizes[-1]):
+        xs, ts, cs = x[i : i + sizes[-1]], t[i : i + sizes[-1]], cond[list(range(i, min(i + sizes[-1], x.shape[0])))]
+        n = xs.shape[0]
+        pad = next(b for b in sizes if b >= n) - n
+        if pad:
+            xs, ts = torch.cat([xs, xs[:1].expand(pad, *xs.shape[1:])]), torch.cat([ts, ts[:1].expand(pad)])
+            cs = cs[list(range(n)) + [0] * pad]
+        out.append(fn(xs, ts, cs)[:n])
+    return torch.cat(out)
+
+
 class FlowPolicy(nn.Module):
     """Base class: subclasses implement ``_velocity``; ``forward`` counts calls and returns fp32."""
 
@@ -60,6 +95,9 @@ class FlowPolicy(nn.Module):
     timestep_convention: TimestepConvention = TimestepConvention.TRUNCATE_3
     precision: str = "fp32"
     """Compute dtype of the model inside ``forward``: 'fp32', or 'bf16' autocast over fp32 weights."""
+    compiled: bool = False
+    """Forwards without grad (rollouts) run torch.compile'd at the batch sizes of ``ROLLOUT_BATCHES``; forwards with
+    grad (training) stay eager, so a compiled rollout and its update differ only by fp32 rounding."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -92,7 +130,10 @@ class FlowPolicy(nn.Module):
         if dev != home:
             x, t, cond = x.to(dev), t.to(dev), cond.to(dev)
         with autocast(self.precision, dev):
-            v = self._velocity(x, t, cond)
+            if self.compiled and not grad:
+                v = padded_calls(lambda *a: compiled_velocity()(self, *a), x, t, cond)
+            else:
+                v = self._velocity(x, t, cond)
         return v.float().to(home)
 
     def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:

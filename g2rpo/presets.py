@@ -88,14 +88,14 @@ def _with_lr(knobs: dict[str, dict], lrs: dict[str, float]) -> dict[str, dict]:
 PRESETS: dict[str, Preset] = {
     "pocket": Preset(
         shared=SharedConfig(model="pocket-binding", num_steps=10, shift=3.0, num_generations=8, prompts_per_round=2,
-                            rounds=32, rewards={"pocket_binding": 1.0}),
+                            rounds=32, rewards={"pocket_binding": 1.0}, compile=True),
         knobs=_with_lr(POCKET_KNOBS, POCKET_LRS),
         eval=EvalSettings(num_prompts=0, grid_prompts=8, images_per_prompt=4, curve_every=8),
         seeds=3,
     ),
     "pocket-emoji": Preset(
         shared=SharedConfig(model="pocket", num_steps=10, shift=3.0, num_generations=8, prompts_per_round=2,
-                            rounds=24, rewards={"pocket_align": 1.0, "pocket_category": 1.0}),
+                            rounds=24, rewards={"pocket_align": 1.0, "pocket_category": 1.0}, compile=True),
         knobs=_with_lr(POCKET_KNOBS, dict.fromkeys(POCKET_KNOBS, POCKET_LR)),
         eval=EvalSettings(num_prompts=0, grid_prompts=8),
         seeds=2,

@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="another model tier than the preset's, e.g. tiny-sd3 (the SD3 class) with smoke")
     ap.add_argument("--lora", help="train a LoRA adapter: flowgrpo-flux, flowgrpo-sd3 or dancegrpo-flux")
     ap.add_argument("--precision", choices=("fp32", "bf16"), help="model compute dtype (bf16: autocast, fp32 weights)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile the rollout forwards (speed, not results; default: the preset's)")
     ap.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute block activations")
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--seed", type=int)
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
             n = a.ema_update_step_interval
             method.cfg.ema = None if n == 0 else dataclasses.replace(method.ema or EMAConfig(), update_step_interval=n)
         given = (("rounds", a.rounds), ("seed", a.seed), ("model", a.model), ("lora", a.lora), ("precision", a.precision),
-                 ("gradient_checkpointing", a.gradient_checkpointing))
+                 ("gradient_checkpointing", a.gradient_checkpointing), ("compile", a.compile))
         shared = dataclasses.replace(p.shared, **{k: v for k, v in given if v is not None})
         method.validate(shared)
     except (KeyError, ValueError, TypeError) as e:

@@ -16,10 +16,10 @@ from g2rpo.registry import make_method
 def test_runs_across_seeds_and_rounds_compare():
     a = preset("pocket").shared
     b = dataclasses.replace(a, seed=a.seed + 1, rounds=a.rounds + 7, max_batch=3, max_train_batch=2,
-                            gradient_checkpointing=True)
+                            gradient_checkpointing=True, compile=not a.compile)
     assert a.digest() != b.digest() and a.comparable_digest() == b.comparable_digest()
     assert assert_same_shared({"g2rpo seed 0": a, "flowgrpo seed 1": b}) == a.comparable_digest()
-    assert set(PER_RUN) == {"seed", "rounds", "max_batch", "max_train_batch", "gradient_checkpointing"}
+    assert set(PER_RUN) == {"seed", "rounds", "max_batch", "max_train_batch", "gradient_checkpointing", "compile"}
 
 
 @pytest.mark.parametrize("change, field", [({"num_steps": 7}, "num_steps"),
