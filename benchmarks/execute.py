@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from eval.generate import prompt_scores, save_png
+from eval.stats import noise_floor
 from g2rpo.checkpoint import save_policy
 from g2rpo.files import alive, atomic, remove_stale
 from g2rpo.loop import Trainer, trained_meta
@@ -77,6 +78,19 @@ def curve_point(trainer: Trainer, p: Preset, tier: Tier, shared) -> dict[str, fl
     return out
 
 
+def curve_noise_floor(policy, p: Preset, tier: Tier, shared) -> dict[str, float]:
+    """The curve set's own noise floor, from the base model: its held-out curve prompts scored with the evaluation
+    noise and with another seed's; per in-domain reward, the larger end of the 95% bootstrap interval of the mean
+    difference (how far a curve point moves by the draw of noise alone). A method shows signal once its curve exceeds
+    its round-0 point by more than this (``benchmarks.table.time_to_signal``)."""
+    prompts = tier.eval_prompts[: p.eval.curve_prompts or None]
+    rewards = {k: tier.rewards[k] for k in shared.rewards}
+    a, b = (prompt_scores(policy, tier.text, prompts, sigmas_for(p, eval_steps(p)), rewards, seed, stats=False)[0]
+            for seed in (p.eval.seed, p.eval.seed + 1))
+    floors = {k: noise_floor(a[k].numpy(), b[k].numpy()) for k in rewards}
+    return {f"curve/noise_floor/{k}": max(abs(f["ci_low"]), abs(f["ci_high"])) for k, f in floors.items()}
+
+
 def run_key(spec: RunSpec, p: Preset, extra_steps: list[int], commit: str) -> str:
     """Identity of one run of a plan: the same command on the same code gives the same key (for resuming)."""
     blob = repr((dataclasses.asdict(spec), dataclasses.asdict(p.shared), sorted(p.knobs.items(), key=str),
@@ -135,6 +149,8 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
 
         if method is not None:
             trainer = Trainer(policy, tier.text, method, tier.rewards, shared, tier.train_prompts)  # reference = base
+            t0 += trainer.compile_s  # compiled once per process: not the training time of the run that came first
+            rec.metrics(local, {"time/compile_s": trainer.compile_s})
             if state is not None:
                 trainer.load_state_dict(state)
                 cum_nfe, done_train_s = state["cum_nfe"], state["train_s"]
@@ -153,6 +169,8 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
                 bar.set_postfix({first: f"{m[f'reward/{first}']:.4f}"})
             if every:  # the last point: the model the tables score
                 log_curve(spec.rounds)
+        elif every:
+            rec.metrics(local, curve_noise_floor(policy, p, tier, shared))
         t_train = time.perf_counter() - t0 - curve_s
         policy.eval()
         # the weights a method evaluates: Flow-GRPO's EMA, the live ones otherwise

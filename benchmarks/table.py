@@ -110,24 +110,33 @@ def headers(ind, ood, stats, prefix="eval/") -> dict[str, str]:
             | {f"{prefix}{s}": s.replace("stat/", "") + " (guard)" for s in stats})
 
 
-def main_table(df, cols, out) -> list[Path]:
+def main_table(df, cols, out, signal: pd.DataFrame | None = None) -> list[Path]:
     d = df[df.variant == "default"].copy()
+    if signal is not None and not signal.empty:
+        d = d.merge(signal[["method", "seed", "signal_wall_s"]], on=["method", "seed"], how="left")
     d["Method"] = d.method.map(lambda m: NAMES.get(m, m))
     cost = {k: v for k, v in {"nfe_per_round": "NFE/round", "nfe_per_round_official": "NFE/round (official)",
-                              "cost/total_nfe": "total NFE", "time/train_s": "train s"}.items() if k in d}
+                              "cost/total_nfe": "total NFE", "time/train_s": "train s",
+                              "signal_wall_s": "s to signal"}.items() if k in d}
     if "nfe_per_round_official" in cost and d.nfe_per_round_official.equals(d.nfe_per_round):
         del cost["nfe_per_round_official"]
     s = summarise(d, ["Method"], list(cols) + list(cost))
     shown = formatted(s, ["Method"], cols | cost, {"nfe_per_round": 0, "nfe_per_round_official": 0,
-                                                   "cost/total_nfe": 0, "time/train_s": 1})
+                                                   "cost/total_nfe": 0, "time/train_s": 1, "signal_wall_s": 1})
     note = OFFICIAL_NFE_NOTE if "nfe_per_round_official" in cost else ""
+    note += SIGNAL_NOTE if "signal_wall_s" in cost else ""
     return write_table(shown, s, out, "table1_main", "Table 1. Main comparison (held-out prompts)",
                        STD_NOTE + ema_note(d) + note)
 
 
 OFFICIAL_NFE_NOTE = (" NFE/round (official): the same round as the official loop counts it; G2RPO's batched rollout "
-                     "reuses the anchor's velocity for each SDE step (G x |M| fewer evaluations per prompt), and NFE/round "
-                     "and total NFE count the work done.")
+                     "reuses the anchor's velocity for each SDE step (G x |M| fewer evaluations per prompt) and evaluates the "
+                     "two points a member's completions share once (G x |M| x 2 x (|Lambda| - 1) fewer); NFE/round and "
+                     "total NFE count the work done.")
+
+
+SIGNAL_NOTE = (" s to signal: training seconds until the fixed-set held-out reward first exceeds the base model's by more "
+               "than the curve's noise floor, over the seeds that got there (n; see time_to_signal.md).")
 
 
 def ema_note(df) -> str:
@@ -281,6 +290,65 @@ def curves(client, df, ind, out) -> list[Path]:
     return [save_figure(fig, out / "curves.png")] + equal_nfe_table(cf, ind, out)
 
 
+def crossing(g: pd.DataFrame, col: str, threshold: float) -> dict | None:
+    """Round, cumulative NFE and training seconds where one seed's curve (rows in round order) first rises above
+    ``threshold``, interpolated linearly between the two curve points around it; None if it never does."""
+    y = g[col].to_numpy(float)
+    above = np.nonzero(y > threshold)[0]
+    if not len(above):
+        return None
+    i = int(above[0])
+    if i == 0:
+        return {k: float(g[k].iloc[0]) for k in ("round", "cum_nfe", "wall_s")}
+    f = (threshold - y[i - 1]) / (y[i] - y[i - 1])
+    return {k: float(g[k].iloc[i - 1] + f * (g[k].iloc[i] - g[k].iloc[i - 1])) for k in ("round", "cum_nfe", "wall_s")}
+
+
+def signal_frame(cf: pd.DataFrame, df: pd.DataFrame, reward: str) -> pd.DataFrame:
+    """Per (method, seed): when its held-out curve of ``reward`` first exceeds its round-0 point (the base model) by
+    more than the curve's noise floor (logged by the base run, ``benchmarks.execute.curve_noise_floor``); NaN where
+    it never does. Empty when the store has no floor (runs from before it was logged)."""
+    key = f"curve/noise_floor/{reward}"
+    base = df[df.method == BASE]
+    if cf.empty or key not in base or base[key].isna().all():
+        return pd.DataFrame()
+    floor = float(base[key].iloc[0])
+    rows = []
+    for (m, seed), g in cf.groupby(["method", "seed"], sort=False):
+        g = g.sort_values("round")
+        start = float(g[f"heldout/{reward}"].iloc[0])
+        hit = crossing(g, f"heldout/{reward}", start + floor) or dict.fromkeys(("round", "cum_nfe", "wall_s"), np.nan)
+        rows.append({"method": m, "seed": seed, "floor": floor, "round0": start, "last_round": float(g["round"].iloc[-1])}
+                    | {f"signal_{k}": v for k, v in hit.items()})
+    return pd.DataFrame(rows)
+
+
+def time_to_signal_table(sf: pd.DataFrame, reward: str, out: Path) -> list[Path]:
+    """Training seconds, model evaluations and rounds to signal per method: mean ± 95% t-interval over the seeds that
+    got there, and how many did."""
+    if sf.empty:
+        return []
+    shown, raw = [], []
+    for m, g in sf.groupby("method", sort=False):
+        reached = g.dropna(subset=["signal_wall_s"])
+        row, rec = {"Method": NAMES.get(m, m)}, {"method": m, "reward": reward, "floor": float(g.floor.iloc[0]),
+                                                  "seeds": len(g), "seeds_reached": len(reached)}
+        for k, header, digits in (("wall_s", "training s", 1), ("cum_nfe", "NFE", 0), ("round", "rounds", 1)):
+            mu, half = band(reached[[f"signal_{k}"]]) if len(reached) else ([np.nan], [np.nan])
+            row[f"{header} to signal"] = f"{mu[0]:.{digits}f} ± {half[0]:.{digits}f}" if len(reached) else "–"
+            rec |= {k: float(mu[0]), f"{k}_half_ci": float(half[0])}
+        row["seeds reaching it"] = f"{len(reached)} of {len(g)}"
+        shown.append(row)
+        raw.append(rec)
+    note = (f"Time to signal: the training seconds (rollout, rewards, update; curve evaluations and compilation "
+            f"excluded), model evaluations and rounds until a method's fixed-set {reward} on the held-out curve prompts "
+            f"first exceeds its round-0 point (the base model) by more than the curve's noise floor "
+            f"({float(sf.floor.iloc[0]):.4f}: the larger end of the 95% interval of the base model's curve value "
+            "re-scored under another evaluation noise). Per seed, linear interpolation between the curve points around "
+            "the crossing; mean ± 95% t-interval over the seeds that reached it. Seconds are of this machine.")
+    return write_table(pd.DataFrame(shown), pd.DataFrame(raw), out, "time_to_signal", "Time to signal", note)
+
+
 def equal_nfe_table(cf: pd.DataFrame, ind, out) -> list[Path]:
     """Every method at the same number of model evaluations: the fixed-set held-out reward at the smallest budget all
     methods reached, interpolated linearly between curve points of each seed."""
@@ -393,7 +461,10 @@ def build_tables(uri: str, exp_id: str, out: Path, parent_run_id: str | None = N
     cols = {c: h for c, h in headers(ind, ood, stats).items() if c in df}
     cols |= {f"eval/gap/{m}": f"{m} gap (own − other prompt)" for m in ind if f"eval/gap/{m}" in df}
     steps = [int(s) for s in parent.data.tags.get("eval_steps", "").split(",") if s]
-    files = main_table(df, cols, out)
+    cf = curve_frame(client, df, ind) if ind else pd.DataFrame()
+    signal = signal_frame(cf, df, ind[0]) if ind else pd.DataFrame()
+    files = main_table(df, cols, out, signal)
+    files += time_to_signal_table(signal, ind[0], out) if ind else []
     scores = load_scores(client, df, steps[0])
     files += paired_from_scores(scores, ind, ood, out)
     files += precision_tables(client, df, scores, ind, ood, steps[0], out) if ind else []

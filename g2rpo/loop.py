@@ -15,7 +15,7 @@ from .distributed import DataParallel
 from .ema import EMA
 from .loss import ppo_clip_loss
 from .method import Method, Transitions, nfe_per_round
-from .policy import Cond, FlowPolicy, TextEncoder
+from .policy import Cond, FlowPolicy, TextEncoder, warm_up
 from .rewards import Reward
 from .schedules import TimestepConvention
 from .sde import sde_step
@@ -130,6 +130,8 @@ class Trainer:
         self.dp.shard(shared.prompts_per_round)  # fails early unless the prompts split evenly over the ranks
         method.validate(shared)
         prepare(policy, shared, method)
+        self.compile_s = warm_up(policy, text_encoder(prompts[:1]))
+        """Seconds this Trainer spent compiling the rollout forward (0 when off or already compiled in this process)."""
         method.setup(policy)  # before sharding: a full fine-tune's KL reference is a copy of the unsharded policy
         self.dp.wrap(policy, *[m for m in (method.reference,) if m is not None and hasattr(m, "transformer")])
         params = [p for p in policy.parameters() if p.requires_grad]

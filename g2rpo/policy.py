@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import time
 from dataclasses import dataclass, fields
 
 import torch
@@ -70,6 +71,24 @@ def compiled_velocity():
     and model class outgrows dynamo's default limit of 8 per function, past which it would silently run eager."""
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     return torch.compile(_velocity_of, dynamic=False)
+
+
+_warm: set = set()
+
+
+def warm_up(policy: "FlowPolicy", cond: Cond) -> float:
+    """Compile the rollout forward at every size of ``ROLLOUT_BATCHES`` now (once per process, model class, shapes and
+    precision), so that compilation is not billed to the first rounds of the first run; returns the seconds spent."""
+    key = (type(policy), policy.latent_shape, tuple(cond.tokens.shape[1:]), tuple(cond.pooled.shape[1:]), policy.precision)
+    if not policy.compiled or key in _warm:
+        return 0.0
+    t, calls = time.perf_counter(), dict(policy.calls)
+    with torch.no_grad():
+        for b in ROLLOUT_BATCHES:
+            policy(torch.zeros(b, *policy.latent_shape), torch.full((b,), 0.5), cond[[0] * b])
+    policy.calls = calls
+    _warm.add(key)
+    return time.perf_counter() - t
 
 
 def padded_calls(fn, x: torch.Tensor, t: torch.Tensor, cond: Cond, sizes=ROLLOUT_BATCHES) -> torch.Tensor:

@@ -10,7 +10,7 @@ method's official default; every value is recorded with each run.
 two prompts per round, M = {0..3} (the first 40% of steps, as 0..7 of 16), Lambda = {1, 2} (official scripts), on
 the attribute-binding task ("a {colour} {object} emoji", rule reward ``pocket_binding``; objects of the held-out
 prompts are never trained on), each method family at the learning rate ``benchmarks.sweep`` selected for it,
-3 seeds, 4 images per held-out prompt, learning curves on a fixed set every 8 rounds. ``pocket-emoji`` is the
+3 seeds, 4 images per held-out prompt, learning curves on a fixed set every 4 rounds. ``pocket-emoji`` is the
 earlier default (emoji captions, the learned alignment + category heads as HPS + CLIP, one learning rate), kept
 because its result is the negative one the binding task answers: no method moved those rewards beyond noise.
 ``smoke`` runs every code path in seconds on the tiny in-code model.
@@ -90,7 +90,7 @@ PRESETS: dict[str, Preset] = {
         shared=SharedConfig(model="pocket-binding", num_steps=10, shift=3.0, num_generations=8, prompts_per_round=2,
                             rounds=32, rewards={"pocket_binding": 1.0}, compile=True),
         knobs=_with_lr(POCKET_KNOBS, POCKET_LRS),
-        eval=EvalSettings(num_prompts=0, grid_prompts=8, images_per_prompt=4, curve_every=8),
+        eval=EvalSettings(num_prompts=0, grid_prompts=8, images_per_prompt=4, curve_every=4),
         seeds=3,
     ),
     "pocket-emoji": Preset(

@@ -175,6 +175,11 @@ def test_smoke_run_reports_precision_curves_and_guards(smoke):
     assert sorted(steps) == [0, 1, 2]  # before round 0, after every round (curve_every 1), the final model
     nfe = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "curve/cum_nfe")}
     assert nfe[0] == 0 and nfe[2] == run.data.metrics["cost/total_nfe"]
+    base = client.search_runs([exp.experiment_id], "tags.method = 'base'")[0]
+    assert base.data.metrics["curve/noise_floor/brightness"] > 0  # the curve's own floor, from the base model
+    sig = pd.read_csv(out / "time_to_signal.csv")
+    assert len(sig) == 5 and (sig.seeds_reached <= sig.seeds).all() and (sig.floor > 0).all()
+    assert "s to signal" in (out / "table1_main.md").read_text()
 
 
 @pytest.mark.slow  # the smoke benchmark run (module fixture)
@@ -184,7 +189,7 @@ def test_tables_rebuild_from_mlflow_alone(smoke, tmp_path):
             "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     for f in ["table1_main.md", "table1_main.csv", "paired_vs_base.csv", "table2_granularity.md", "table3_steps.tex",
-              "precision.csv", "noise_floor.csv", "equal_nfe.csv", "guards.md"]:
+              "precision.csv", "noise_floor.csv", "equal_nfe.csv", "guards.md", "time_to_signal.csv"]:
         assert (tmp_path / f).read_text() == (out / f).read_text(), f
 
 
