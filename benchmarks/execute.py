@@ -169,8 +169,10 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
                 bar.set_postfix({first: f"{m[f'reward/{first}']:.4f}"})
             if every:  # the last point: the model the tables score
                 log_curve(spec.rounds)
-        elif every:
+        elif every:  # curve time, not training time, like every curve point
+            tc = time.perf_counter()
             rec.metrics(local, curve_noise_floor(policy, p, tier, shared))
+            curve_s += time.perf_counter() - tc
         t_train = time.perf_counter() - t0 - curve_s
         policy.eval()
         # the weights a method evaluates: Flow-GRPO's EMA, the live ones otherwise

@@ -12,17 +12,32 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow  # a benchmark run; the JSON shape on the smallest grid
 def test_perf_quick_json(tmp_path):
     out = tmp_path / "perf.md"
+    signal = tmp_path / "time_to_signal.csv"  # as benchmarks.table writes it
+    signal.write_text("method,reward,floor,seeds,seeds_reached,wall_s,wall_s_half_ci,cum_nfe,cum_nfe_half_ci,round,"
+                      "round_half_ci\ng2rpo,brightness,0.01,2,2,3.5,1.0,100.0,20.0,1.5,0.5\n"
+                      "dancegrpo,brightness,0.01,2,0,,,,,,\n")
     r = subprocess.run([sys.executable, "-m", "benchmarks.perf", "--preset", "smoke", "--quick", "--skip-rss", "--reps", "1",
-                        "--json", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        "--json", "--out", str(out), "--signal", str(signal)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout)
-    for k in ["speedup_batched_vs_loop", "mfu", "r2_cost_model", "peak_rss_gb", "peak_gflops"]:
+    for k in ["speedup_optimized_vs_eager", "speedup_optimized_bf16_vs_eager", "speedup_batched_vs_loop", "mfu",
+              "mfu_eager", "r2_cost_model", "peak_rss_gb", "peak_gflops", "peak_gflops_bf16", "time_to_signal",
+              "paper_round_s_h200"]:
         assert k in res, k
     assert res["max_abs_diff"] < 1e-5 and res["speedup_batched_vs_loop"] > 0 and 0 < res["mfu"] < 1
+    assert res["image_max_abs_diff"]["optimized"] < 1e-4 and res["first_ratio_max_dev"]["optimized"] < 1e-6
+    assert res["first_ratio_max_dev"]["optimized_bf16"] == 0.0  # bf16 completions never touch the log-probs
+    assert res["rollout_rows"]["optimized"] < res["rollout_rows"]["eager"]  # shared completion prefixes
     assert res["rollout_rows_loop"] > res["rollout_rows_batched"]  # the loop recomputes the anchor velocity per member
-    assert len(res["cost_model_points"]) == 8 and res["r2_cost_model"] <= 1
+    assert len(res["cost_model_points"]) == 7 and res["r2_cost_model"] <= 1
+    assert {q["G"] for q in res["cost_model_points"]} == {2, 3} | {res["cost_model_base"]["G"]}
     assert set(res["methods"]) == {"g2rpo", "g2rpo-wo-mgai", "flowgrpo", "dancegrpo", "mixgrpo"}
     assert all(t["round_s"] > 0 for t in res["methods"].values())
+    assert res["time_to_signal"]["g2rpo"]["wall_s"] == 3.5 and res["time_to_signal"]["dancegrpo"]["wall_s"] is None
+    assert "| g2rpo | 3.5 ± 1.0 | 100 ± 20 | 1.5 ± 0.5 | 2 of 2 |" in out.read_text()
+    assert "| dancegrpo | – | – | – | 0 of 2 |" in out.read_text()
+    assert (tmp_path / "perf.png").stat().st_size > 0
     assert "python -m benchmarks.perf --preset smoke" in out.read_text()
 
 

@@ -177,6 +177,7 @@ def test_smoke_run_reports_precision_curves_and_guards(smoke):
     assert nfe[0] == 0 and nfe[2] == run.data.metrics["cost/total_nfe"]
     base = client.search_runs([exp.experiment_id], "tags.method = 'base'")[0]
     assert base.data.metrics["curve/noise_floor/brightness"] > 0  # the curve's own floor, from the base model
+    assert base.data.metrics["time/train_s"] < 0.1  # ... scored as curve time: the base model trains for no time
     sig = pd.read_csv(out / "time_to_signal.csv")
     assert len(sig) == 5 and (sig.seeds_reached <= sig.seeds).all() and (sig.floor > 0).all()
     assert "s to signal" in (out / "table1_main.md").read_text()
