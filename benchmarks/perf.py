@@ -133,18 +133,19 @@ def rollout_speed(tier, p, reps: int) -> dict:
             "rollout_rows_batched": rows["batched"], "rollout_rows_loop": rows["reference"]}
 
 
-def round_times(tier, p, method: str, rounds: int = 2, **over) -> dict:
-    """Seconds of the last of ``rounds`` rounds (the first warms up) and the method's cost per round; ``over`` holds
-    shared settings (``num_generations``, ``num_steps``) and method knobs."""
+def round_times(tier, p, method: str, rounds: int = 4, **over) -> dict:
+    """Median seconds of rounds 2..``rounds`` (the first warms up; a median, as one slow spell of a shared machine can
+    double a single round) and the method's cost per round; ``over`` holds shared settings (``num_generations``,
+    ``num_steps``) and method knobs."""
     fields = {k: over.pop(k) for k in ("num_generations", "num_steps") if k in over}
     shared = dataclasses.replace(p.shared, **fields)
     m = make_method(method, p.knobs, **over)
     trainer = Trainer(tier.make_policy(), tier.text, m, tier.rewards, shared, tier.train_prompts)
-    for _ in range(rounds):
-        metrics = trainer.step()
+    timed = [trainer.step() for _ in range(rounds)][1:]
+    t = {k: float(np.median([x[f"time_{k}"] for x in timed])) for k in ("rollout", "reward", "update")}
     c, P = m.cost(shared), shared.prompts_per_round
-    return {"rollout_s": metrics["time_rollout"], "reward_s": metrics["time_reward"], "update_s": metrics["time_update"],
-            "round_s": metrics["time_rollout"] + metrics["time_reward"] + metrics["time_update"],
+    return {"rollout_s": t["rollout"], "reward_s": t["reward"], "update_s": t["update"],
+            "round_s": float(np.median([x["time_rollout"] + x["time_reward"] + x["time_update"] for x in timed])),
             "nfe_rollout": P * c.nfe_rollout, "nfe_train": P * (c.nfe_train + c.nfe_reference), "images": P * c.images_scored}
 
 
@@ -367,7 +368,7 @@ def markdown(res: dict, command: str) -> str:
                 lines.append(f"| {name} | – | – | – | 0 of {t['seeds']} |")
     else:
         lines.append(f"No `{res['time_to_signal_source']}`: run `python -m benchmarks.run --preset {res['preset']}` first.")
-    lines += ["", "## Seconds per round", "", "Second round of each method on the preset's shared settings:", "",
+    lines += ["", "## Seconds per round", "", "Median of rounds 2-4 of each method on the preset's shared settings:", "",
               "| method | rollout s | reward s | update s | round s | rollout NFE | train NFE | images |",
               "|---|---|---|---|---|---|---|---|"]
     for name, t in m.items():
