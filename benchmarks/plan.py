@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from g2rpo.config import int_list
 from g2rpo.method import Method, nfe_per_round
 from g2rpo.presets import Preset
 from g2rpo.registry import METHODS, make_method
@@ -35,28 +36,16 @@ class RunSpec:
 
 
 def parse_int_sets(text: str, flag: str) -> list[tuple[int, ...]]:
-    """'1;1,2;1,3' -> [(1,), (1, 2), (1, 3)]; ranges 'a-b' allowed. Rejects junk, duplicates and empties."""
+    """'1;1,2;0-3' -> [(1,), (1, 2), (0, 1, 2, 3)]: sets of ``int_list`` separated by ';'. Rejects junk, duplicates
+    and empty sets."""
     sets = []
     for part in text.split(";"):
-        part, values = part.strip(), []
-        if not part:
+        if not part.strip():
             raise PlanError(f"{flag}: empty set in {text!r}")
-        for tok in part.split(","):
-            tok = tok.strip()
-            try:
-                if "-" in tok[1:]:
-                    a, b = tok.split("-", 1)
-                    lo, hi = int(a), int(b)
-                    if hi < lo:
-                        raise ValueError
-                    values += range(lo, hi + 1)
-                else:
-                    values.append(int(tok))
-            except ValueError:
-                raise PlanError(f"{flag}: {tok!r} is not an integer or a range a-b (in {text!r})") from None
-        if len(set(values)) != len(values):
-            raise PlanError(f"{flag}: duplicate values in {part!r}")
-        sets.append(tuple(values))
+        try:
+            sets.append(int_list(part))
+        except ValueError as e:
+            raise PlanError(f"{flag}: {e}") from None
     return sets
 
 

@@ -10,6 +10,26 @@ import torch
 from .schedules import TimestepConvention, flow_match_sigmas, shifted_sigmas
 
 
+def int_list(text: str) -> tuple[int, ...]:
+    """'0,1,2,3', '0-3' or '0-1,3' -> a tuple of distinct integers: the one parser of step and granularity lists
+    (``g2rpo.train --eta-step-list``, ``benchmarks.run --eta-step-sets``). ValueError, one line, for anything else."""
+    values: list[int] = []
+    for tok in (t.strip() for t in text.split(",")):
+        try:
+            if "-" in tok[1:]:
+                lo, hi = (int(x) for x in tok.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                values += range(lo, hi + 1)
+            else:
+                values.append(int(tok))
+        except ValueError:
+            raise ValueError(f"{tok!r} is not an integer or a range a-b (in {text!r})") from None
+    if len(set(values)) != len(values):
+        raise ValueError(f"duplicate values in {text!r}")
+    return tuple(values)
+
+
 @dataclass
 class SharedConfig:
     """Settings common to all methods of a comparison (algorithms.md §7); hashed into every run."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .config import int_list
 from .ema import EMAConfig
 from .presets import preset
 from .registry import METHODS, make_method
@@ -26,9 +27,9 @@ from .registry import METHODS, make_method
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        return int_list(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv=None) -> int:

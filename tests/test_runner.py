@@ -1,4 +1,5 @@
 """The benchmark runner end to end (subprocess, temporary MLflow store) and its flag checking."""
+import argparse
 import dataclasses
 import json
 import re
@@ -258,6 +259,20 @@ def test_tables_rebuild_from_the_parent_run_when_child_runs_are_gone(smoke, tmp_
 def test_parse_int_sets():
     assert parse_int_sets("1;1,2; 1,2,3", "x") == [(1,), (1, 2), (1, 2, 3)]
     assert parse_int_sets("0-3;4-7", "x") == [(0, 1, 2, 3), (4, 5, 6, 7)]
+
+
+def test_one_step_list_parser_for_the_runner_and_train():
+    """benchmarks.run's sets and g2rpo.train's lists take the same syntax (ranges included) and refuse the same junk."""
+    from g2rpo.config import int_list
+    from g2rpo.train import _ints
+
+    for text, want in (("0-3", (0, 1, 2, 3)), ("0-1, 3", (0, 1, 3)), ("2", (2,))):
+        assert int_list(text) == _ints(text) == parse_int_sets(text, "x")[0] == want
+    for bad in ("1,x", "3-1", "1,1", "0-2,2", ""):
+        with pytest.raises(ValueError):
+            int_list(bad)
+        with pytest.raises(argparse.ArgumentTypeError):
+            _ints(bad)
 
 
 @pytest.mark.slow  # the smoke benchmark run (module fixture)
