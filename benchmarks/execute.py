@@ -179,7 +179,8 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
         with trainer.evaluation_weights() if method is not None else contextlib.nullcontext():
             if method is not None:  # the trained model, for python -m eval.evaluate --checkpoint
                 model = ckpt.parent.parent / "models" / f"{spec.method}-{spec.variant}-seed{spec.seed}.safetensors"
-                save_policy(policy, model, trained_meta(method, shared, spec.rounds, spec.variant) | {"run_key": local})
+                save_policy(policy, model, trained_meta(method, shared, spec.rounds, spec.variant, tier.settings)
+                            | {"run_key": local})
                 rec.tags(local, {"checkpoint": str(model)})
             res = evaluate(policy, p, tier, extra_steps, Path(tmp), lambda path, folder: rec.artifact(local, path, folder),
                            noise_floor=method is None)

@@ -40,6 +40,12 @@ def load_model(checkpoint: str, tier_name: str):
     origin = "checkpoints are written by python -m benchmarks.run into <out>/models/"
     state = read_state(path, origin)
     tier = load_tier(meta["tier"])
+    trained = meta.get("tier_settings")  # None: a checkpoint from before they were recorded
+    if trained is not None and trained != tier.settings:
+        diff = sorted(k for k in set(trained) | set(tier.settings) if trained.get(k) != tier.settings.get(k))
+        raise EvalError(f"{path}: trained with tier {meta['tier']!r} settings "
+                        f"{', '.join(f'{k}={trained.get(k)}' for k in diff)}, but this environment gives "
+                        f"{', '.join(f'{k}={tier.settings.get(k)}' for k in diff)} (G2RPO_RESOLUTION, the prompt files)")
     policy = apply_model_settings(tier.make_policy(), meta.get("settings", {}))
     load_strict(policy, state, path, origin)
     identity = f"{path.resolve()} sha256:{sha256(path)[:16]}"  # absolute: benchmarks.collect may run from elsewhere

@@ -88,13 +88,16 @@ def apply_model_settings(policy: FlowPolicy, settings: dict) -> FlowPolicy:
     return policy
 
 
-def trained_meta(method: Method, shared: SharedConfig, rounds: int, variant: str = "default") -> dict:
-    """The sidecar of a saved policy: what eval.evaluate needs to rebuild it (tier, settings) and to split in- from
-    out-of-domain rewards, and what benchmarks.collect needs to place it in a table (method, variant, seed, knobs,
-    cost). Written by the benchmark runner and by g2rpo.train alike."""
+def trained_meta(method: Method, shared: SharedConfig, rounds: int, variant: str = "default",
+                 tier_settings: dict | None = None) -> dict:
+    """The sidecar of a saved policy: what eval.evaluate needs to rebuild it (tier and the environment's settings of
+    it, ``Tier.settings``; model settings) and to split in- from out-of-domain rewards, and what benchmarks.collect
+    needs to place it in a table (method, variant, seed, knobs, cost). Written by the benchmark runner and by
+    g2rpo.train alike."""
     import dataclasses
 
-    return {"tier": shared.model, "method": method.name, "variant": variant, "seed": shared.seed, "rounds": rounds,
+    return {"tier": shared.model, "tier_settings": dict(tier_settings or {}), "method": method.name, "variant": variant,
+            "seed": shared.seed, "rounds": rounds,
             "in_domain": shared.rewards, "settings": model_settings(shared, method),
             "weights": "ema" if method.ema is not None else "live", "knobs": dataclasses.asdict(method.cfg),
             "nfe_per_round": nfe_per_round(method, shared),

@@ -6,7 +6,7 @@ G2RPO_TEXT_CACHE (described there).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .policy import FlowPolicy, TextEncoder
@@ -28,6 +28,10 @@ class Tier:
     """Prompts RL trains on."""
     eval_prompts: list[str]
     """Held-out prompts (never trained on) for evaluation."""
+    settings: dict[str, str] = field(default_factory=dict)
+    """What the environment chose for this tier (resolution, prompt files, text length), recorded beside every
+    checkpoint so that an evaluation in another setting is refused rather than silently run; empty where the tier is
+    fixed by the code (the tiny and pocket tiers)."""
 
 
 TINY_TRAIN = ["a red apple", "a blue whale", "a green frog", "a yellow star", "a purple flower", "a white cloud"]

@@ -119,7 +119,8 @@ def main(argv=None) -> int:
         from .checkpoint import save_policy
 
         variant = ";".join(f"{k}={','.join(map(str, v))}" for k, v in overrides.items()) or "default"
-        meta = trained_meta(method, shared, trainer.round_idx, variant) | {"preset": a.preset, "world": dp.world}
+        meta = trained_meta(method, shared, trainer.round_idx, variant, tier.settings) | {"preset": a.preset,
+                                                                                          "world": dp.world}
         with trainer.evaluation_weights():  # Flow-GRPO saves its EMA; written inside: the state may share storage
             state = dp.full_state(trainer.policy)  # a collective under FSDP: every rank takes part, rank 0 writes
             if dp.main:

@@ -127,3 +127,25 @@ def test_hpsv2_folder_missing_a_style_is_named(tmp_path, capsys):
     (tmp_path / "bench" / "photo.json").write_text('["a"]')
     assert run(tmp_path, "--prompts", str(tmp_path / "bench")) == 2
     assert "missing anime, concept-art, paintings" in capsys.readouterr().err
+
+
+def test_a_checkpoint_trained_in_another_tier_setting_is_refused(tmp_path, monkeypatch, capsys):
+    """Tier.settings (resolution, prompt files) are recorded beside the weights; evaluating where the environment gives
+    other ones fails in one line naming them, instead of silently scoring another setting."""
+    from g2rpo import tiers
+
+    policy = tiny_flux_policy(0)
+    meta = {"tier": "tiny", "in_domain": {"brightness": 1.0}, "tier_settings": {"resolution": "8", "eval_prompts": "ab"}}
+    ck = save_policy(policy, tmp_path / "m.safetensors", meta)
+    tiny = tiers.LOADERS["tiny"]
+    monkeypatch.setitem(tiers.LOADERS, "tiny", lambda: _with_settings(tiny(), resolution="8", eval_prompts="ab"))
+    assert run(tmp_path, "--checkpoint", str(ck)) == 0  # the same setting: evaluated
+    monkeypatch.setitem(tiers.LOADERS, "tiny", lambda: _with_settings(tiny(), resolution="16", eval_prompts="ab"))
+    assert run(tmp_path, "--checkpoint", str(ck)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "resolution=8" in err and "resolution=16" in err and "eval_prompts" not in err and "\n" not in err
+
+
+def _with_settings(tier, **settings):
+    tier.settings = settings
+    return tier

@@ -208,6 +208,16 @@ def test_make_policy_gives_independent_trainable_copies(flux_dir, prompt_files, 
     assert not any(k.startswith("decoder") for k in a.state_dict())  # checkpoints hold the transformer only
 
 
+def test_tier_settings_name_what_the_environment_chose(flux_dir, prompt_files, tmp_path):
+    """Recorded beside every checkpoint (eval.evaluate refuses another setting: tests/test_evaluate.py)."""
+    tier = build(FLUX, flux_dir, prompt_files, tmp_path)
+    assert tier.settings["resolution"] == str(RES) and tier.settings["max_sequence_length"] == "512"
+    (tmp_path / "other.txt").write_text("\n".join(HELDOUT[:-1]))
+    other = build(FLUX, flux_dir, (prompt_files[0], tmp_path / "other.txt"), tmp_path)
+    assert other.settings["train_prompts"] == tier.settings["train_prompts"]
+    assert other.settings["eval_prompts"] != tier.settings["eval_prompts"]
+
+
 # Flow-GRPO fine-tunes every weight here, so its KL reference is a frozen copy (its LoRA default: tests/test_lora.py)
 KNOBS = {"g2rpo": {"eta_step_list": (0, 2), "optim": no_decay(1e-4)},
          "flowgrpo": {"beta": 0.04, "use_lora": False, "optim": no_decay(1e-4)}}

@@ -287,7 +287,10 @@ def _tier(kind: Kind, folder_or_hub_id, train_prompts, eval_prompts, reward_dir=
             return FluxPolicy(tr, latent, patch=2, guidance=3.5, decoder=decoder)
         return SD3Policy(tr, latent, negative=text([""]), guidance_scale=4.5, decoder=decoder)  # "" from the cache
 
-    return Tier(kind.name, make_policy, text, rewards, train, heldout)
+    digest = lambda prompts: hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]  # noqa: E731
+    settings = {"resolution": str(resolution), "max_sequence_length": str(n), "train_prompts": digest(train),
+                "eval_prompts": digest(heldout)}
+    return Tier(kind.name, make_policy, text, rewards, train, heldout, settings)
 
 
 def flux_tier(folder_or_hub_id: str | Path, train_prompts: str | Path, eval_prompts: str | Path, **kw) -> Tier:
