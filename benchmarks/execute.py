@@ -24,8 +24,8 @@ from g2rpo.presets import Preset
 from g2rpo.tiers import Tier
 
 from .plan import BASE, RunSpec
-from .recorder import Recorder
-from .tracking import flatten, git_commit
+from g2rpo.recorder import Recorder
+from g2rpo.tracking import flatten, git_commit
 
 
 class RunFailed(RuntimeError):

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         print(json.dumps(rows, indent=2, default=str) if a.json else readable_plan(rows, a.preset))
         return 0
     out = a.out or Path("results") / a.preset
-    from .tracking import default_uri, open_store
+    from g2rpo.tracking import default_uri, open_store
 
     try:
         check_writable(out)
@@ -122,8 +122,8 @@ def main(argv=None) -> int:
     import torch
 
     from .execute import RunFailed, execute_all
-    from .recorder import Recorder
-    from .tracking import shown_uri
+    from g2rpo.recorder import Recorder
+    from g2rpo.tracking import shown_uri
 
     torch.set_num_threads(a.threads)
     command = "python -m benchmarks.run " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))

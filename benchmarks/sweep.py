@@ -97,7 +97,7 @@ def record(client, exp_id: str, preset: str, command: str, chosen: dict[str, flo
     from mlflow.entities import Param
 
     from .publish import publish
-    from .tracking import git_commit
+    from g2rpo.tracking import git_commit
 
     run = client.create_run(exp_id, run_name=f"lr sweep {preset}", tags={
         "kind": "sweep", "preset": preset, "command": command, "git_commit": git_commit(),
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     rounds = p.shared.rounds if a.rounds is None else a.rounds
     out = a.out or Path("results") / a.preset
     out.mkdir(parents=True, exist_ok=True)
-    from .tracking import default_uri, open_store
+    from g2rpo.tracking import default_uri, open_store
 
     try:  # a broken store or a model that cannot load is an error before any training
         client, exp_id = open_store(a.tracking_uri or default_uri(out), f"g2rpo-bench/{a.preset}", out / "mlartifacts")

@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from .recorder import Recorder
-from .tracking import open_store
+from g2rpo.recorder import Recorder
+from g2rpo.tracking import open_store
 
 
 def read_spool(path: Path) -> list[dict]:

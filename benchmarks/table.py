@@ -19,7 +19,7 @@ from g2rpo.files import atomic, write_text
 from .plan import BASE
 from .publish import fetch_published, publish
 from .render import bootstrap_ci, formatted, summarise, write_all, write_table
-from .tracking import shown_uri
+from g2rpo.tracking import shown_uri
 
 NAMES = {BASE: "Base model", "dancegrpo": "DanceGRPO", "mixgrpo": "MixGRPO", "flowgrpo": "Flow-GRPO",
          "g2rpo-wo-mgai": "G²RPO w/o MGAI", "g2rpo": "G²RPO"}
@@ -38,7 +38,7 @@ def comparable_params(params: dict) -> dict[str, str]:
     ``g2rpo.config.PER_RUN``); a field of ``ADDED_LATER`` that the run predates counts as its default."""
     from g2rpo.config import ADDED_LATER, PER_RUN, SharedConfig
 
-    from .tracking import flatten
+    from g2rpo.tracking import flatten
 
     block = {k[len("shared."):]: v for k, v in params.items() if k.startswith("shared.")}
     block = {k: v for k, v in block.items() if k.split(".")[0] not in PER_RUN}
@@ -519,7 +519,7 @@ def main(argv=None) -> int:
     ap.add_argument("--parent-run-id", help="a benchmark invocation (default: the latest)")
     ap.add_argument("--out", type=Path, default=Path("results/rebuilt"))
     a = ap.parse_args(argv)
-    from .tracking import open_store
+    from g2rpo.tracking import open_store
 
     def make():
         _, exp_id = open_store(a.tracking_uri, a.experiment, None, create=False)

@@ -148,7 +148,7 @@ def main(argv=None) -> int:
             raise EvalError("--steps, --images-per-prompt and --threads must be >= 1")
         import torch
 
-        from benchmarks.tracking import default_uri, open_store, shown_uri
+        from g2rpo.tracking import default_uri, open_store, shown_uri
 
         torch.set_num_threads(a.threads)
         if a.rescore:

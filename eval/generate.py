@@ -13,7 +13,7 @@ from g2rpo.policy import FlowPolicy, TextEncoder
 from g2rpo.rewards import Reward
 from g2rpo.sampling import ode_sample
 
-from .image_stats import image_stats
+from g2rpo.image_stats import image_stats
 
 
 def image_generator(seed: int, prompt_index: int, image_index: int = 0) -> torch.Generator:

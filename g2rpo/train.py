@@ -133,8 +133,8 @@ def main(argv=None) -> int:
 
 def _mlflow_run(a, plan: dict):
     """A Recorder with one started run holding the plan as params (rank 0 only); RuntimeError if the store is unusable."""
-    from benchmarks.recorder import Recorder
-    from benchmarks.tracking import flatten, git_commit, open_store
+    from .recorder import Recorder
+    from .tracking import flatten, git_commit, open_store
 
     experiment = f"g2rpo-train/{a.preset}"
     client, exp_id = open_store(a.mlflow, experiment, None)

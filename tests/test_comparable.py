@@ -49,7 +49,7 @@ def test_comparable_digests_are_stable_and_recorded_with_each_run():
 def make_store(tmp_path, blocks: list[dict]):
     import mlflow
 
-    from benchmarks.tracking import flatten
+    from g2rpo.tracking import flatten
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)

@@ -143,7 +143,7 @@ def test_paper_launch_script_runs_on_one_node(tmp_path):
     plan = json.loads(done.stdout.splitlines()[0])
     assert plan["world"] == 2 and plan["fsdp"] is True
     assert (tmp_path / "run" / "policy.safetensors").is_file() and (tmp_path / "run" / "state" / "latest.json").is_file()
-    from benchmarks.tracking import open_store
+    from g2rpo.tracking import open_store
 
     client, exp_id = open_store(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}", "g2rpo-train/smoke", None, create=False)
     (run,) = client.search_runs([exp_id])  # rank 0 alone logs

@@ -74,7 +74,7 @@ def test_effnet_strict_load_classifies_known_images():
 
 
 def test_rewards_deterministic_batched_and_aligned():
-    from eval.image_stats import image_stats
+    from g2rpo.image_stats import image_stats
     from g2rpo.pocket.rewards import pocket_rewards
 
     imgs, caps = data.dataset("heldout", 32)

@@ -176,7 +176,7 @@ def evaluate(policy, seed: int = 0, steps: int = 16, shift: float = 3.0, batch: 
              n_train: int = 512) -> tuple[dict, dict]:
     """Sample every held-out prompt and a seeded subset of ``n_train`` train prompts once (16-step Euler, fixed shift 3) and compare with the real
     images: in-domain alignment and retrieval, Fréchet distance on EfficientNet features, other rewards."""
-    from eval.image_stats import image_stats
+    from g2rpo.image_stats import image_stats
 
     from ..schedules import shifted_sigmas
     from .model import euler_sample

@@ -218,7 +218,7 @@ mean reward on held-out matched pairs {m['category_reward_heldout_mean']} vs shu
 ## Out-of-domain rewards (no training here)
 - `imagenet_zeroshot`: E over EfficientNet ImageNet probabilities of MiniLM cos(prompt, 'a <class>').
 - `imagenet_confidence`: 1 - entropy/log(1000) of the ImageNet prediction (Inception-score-style no-reference quality).
-- Statistics for hacking checks: `saturation`, `brightness`, `colour_entropy` in `eval/image_stats.py`.
+- Statistics for hacking checks: `saturation`, `brightness`, `colour_entropy` in `g2rpo/image_stats.py`.
 """
     (data.ASSETS / "REWARD_CARD.md").write_text(text)
 
