@@ -27,10 +27,12 @@ def test_perf_quick_json(tmp_path):
         assert k in res, k
     assert res["max_abs_diff"] < 1e-5 and res["speedup_batched_vs_loop"] > 0 and 0 < res["mfu"] < 1
     assert res["image_max_abs_diff"]["optimized"] < 1e-4 and res["first_ratio_max_dev"]["optimized"] < 1e-6
-    assert res["first_ratio_max_dev"]["optimized_bf16"] == 0.0  # bf16 completions never touch the log-probs
+    # bf16 completions never touch the log-probs: only the compiled fp32 anchor's rounding shows (exact: test_compile)
+    assert res["first_ratio_max_dev"]["optimized_bf16"] < 1e-6
     assert res["rollout_rows"]["optimized"] < res["rollout_rows"]["eager"]  # shared completion prefixes
     assert res["rollout_rows_loop"] > res["rollout_rows_batched"]  # the loop recomputes the anchor velocity per member
-    assert len(res["cost_model_points"]) == 7 and res["r2_cost_model"] <= 1
+    # around smoke's G 3, N 6, |M| 3, |Lambda| 2: G 2, 3 (the base); N 4; |M| 1, 2; |Lambda| 1, 2 (the base again)
+    assert len(res["cost_model_points"]) == 6 and res["r2_cost_model"] <= 1
     assert {q["G"] for q in res["cost_model_points"]} == {2, 3} | {res["cost_model_base"]["G"]}
     assert set(res["methods"]) == {"g2rpo", "g2rpo-wo-mgai", "flowgrpo", "dancegrpo", "mixgrpo"}
     assert all(t["round_s"] > 0 for t in res["methods"].values())
