@@ -258,7 +258,7 @@ def band(vals: pd.DataFrame) -> tuple:
     return vals.mean().to_numpy(), half
 
 
-def curves(client, df, ind, out) -> list[Path]:
+def curves(client, df, ind, out, cf: pd.DataFrame) -> list[Path]:
     """Fixed-set learning curves (held-out and train prompts, fixed noise, ODE) against rounds, cumulative model
     evaluations and training seconds, with 95% bands over seeds; presets without a curve set fall back to the
     mean reward of the training rollouts, and say so."""
@@ -270,7 +270,6 @@ def curves(client, df, ind, out) -> list[Path]:
     d = df[(df.variant == "default") & (df.method != BASE)]
     if d.empty or not ind:
         return []
-    cf = curve_frame(client, df, ind)
     if cf.empty:
         return rollout_curves(client, d, ind, out)
     panels = [(split, rew) for rew in ind for split in ("heldout", "train")]
@@ -473,7 +472,7 @@ def build_tables(uri: str, exp_id: str, out: Path, parent_run_id: str | None = N
     files += ablation_table(df, cols, out, "eta_step_list", "granular_list", "table_eta_steps",
                             "Noise-injection steps M (G²RPO; not in the paper)", "M")
     files += steps_table(df, ind, ood, stats, steps, steps[0], out)
-    files += curves(client, df, ind, out)
+    files += curves(client, df, ind, out, cf)
     base_scores = df[df.method == BASE]
     prompts = []
     if not base_scores.empty:

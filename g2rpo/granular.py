@@ -17,7 +17,7 @@ from .config import OptimConfig, SharedConfig
 from .ema import EMAConfig
 from .method import Cost, Method, Rollout, Transitions
 from .policy import Cond, FlowPolicy, autocast
-from .sampling import _velocity, complete_many, complete_one, ode_sample
+from .sampling import _velocity, complete_many, complete_one, evaluations, ode_sample
 from .schedules import coarse_completion_grid
 from .sde import flow_sde_g, sde_step
 
@@ -102,6 +102,10 @@ class G2RPO(Method):
         self.cfg = cfg or G2RPOConfig()
         self.optim = self.cfg.optim
 
+    def _completion_autocast(self, policy: FlowPolicy):
+        """bf16 autocast around the completions under completion_dtype 'bf16'; else none (the policy's own precision)."""
+        return autocast("bf16" if self.cfg.completion_dtype == "bf16" else None, policy.device)
+
     def _grid(self, sigmas: torch.Tensor, k: int, lam: int) -> torch.Tensor:
         return coarse_completion_grid(sigmas, k, lam, self.cfg.completion_end is CompletionEnd.ZERO)
 
@@ -147,7 +151,7 @@ class G2RPO(Method):
             grids = [self._grid(sigmas, k, lam) for _ in range(P) for k in ks for lam in lams for _ in range(G)]
             rows = torch.arange(P).repeat_interleave(len(ks) * len(lams) * G)
             member = torch.arange(P * len(ks) * G).view(P, len(ks), 1, G).expand(P, len(ks), len(lams), G).reshape(-1)
-            with autocast("bf16" if cfg.completion_dtype == "bf16" else None, policy.device):
+            with self._completion_autocast(policy):
                 x0 = complete_many(policy, starts, grids, cond[rows.tolist()], shared.max_batch,
                                    member if cfg.shared_prefix else None)
             anchor = xs[: max(ks) + 1]
@@ -189,7 +193,7 @@ class G2RPO(Method):
                     out = sde_step(xs[k], v, sigmas[k], sigmas[k + 1], g[k], noise=z[p, j, i : i + 1])
                     x_next.append(out.sample[0])
                     logp.append(out.log_prob[0])
-                    with autocast("bf16" if self.cfg.completion_dtype == "bf16" else None, policy.device):
+                    with self._completion_autocast(policy):
                         x0 += [complete_one(policy, out.sample, self._grid(sigmas, k, lam), c)[0] for lam in lams]
         shape = x_T.shape[1:]
         x_next = torch.stack(x_next).view(P, len(ks), G, *shape)
@@ -222,10 +226,9 @@ class G2RPO(Method):
     def member_completion_evals(self, shared: SharedConfig, k: int) -> int:
         """Model evaluations of one member's completions over every granularity: their sum, less the points they
         share under ``shared_prefix`` in the batched rollout (the distinct grid prefixes they evaluate at)."""
-        if not self.cfg.shared_prefix or self.cfg.rollout_mode is RolloutMode.REFERENCE:
-            return sum(self.completion_evals(shared, k, lam) for lam in self.cfg.granular_list)
-        grids = [self._grid(shared.sigmas(), k, lam).tolist() for lam in self.cfg.granular_list]
-        return len({tuple(g[: j + 1]) for g in grids for j in range(len(g) - 1)})
+        grids = [self._grid(shared.sigmas(), k, lam) for lam in self.cfg.granular_list]
+        shares = self.cfg.shared_prefix and self.cfg.rollout_mode is RolloutMode.BATCHED
+        return evaluations(grids, torch.zeros(len(grids), dtype=torch.long) if shares else None)
 
     def cost(self, shared: SharedConfig) -> Cost:
         ks, lams, G = self.cfg.eta_step_list, self.cfg.granular_list, shared.num_generations

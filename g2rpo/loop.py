@@ -133,7 +133,7 @@ class Trainer:
         self.dp.shard(shared.prompts_per_round)  # fails early unless the prompts split evenly over the ranks
         method.validate(shared)
         prepare(policy, shared, method)
-        self.compile_s = warm_up(policy, text_encoder(prompts[:1]))
+        self.compile_s = warm_up(policy, text_encoder(prompts[:1])) if policy.compiled else 0.0
         """Seconds this Trainer spent compiling the rollout forward (0 when off or already compiled in this process)."""
         method.setup(policy)  # before sharding: a full fine-tune's KL reference is a copy of the unsharded policy
         self.dp.wrap(policy, *[m for m in (method.reference,) if m is not None and hasattr(m, "transformer")])

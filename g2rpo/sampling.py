@@ -65,6 +65,15 @@ def shared_evaluations(grids: list[torch.Tensor], source: torch.Tensor | None = 
     return reps
 
 
+def evaluations(grids: list[torch.Tensor], source: torch.Tensor | None = None) -> int:
+    """Model evaluations ``complete_many`` makes for these grids and sources (the cost accounting counts with it)."""
+    if source is None:
+        return sum(len(g) - 1 for g in grids)
+    rows = torch.arange(len(grids))
+    steps = torch.tensor([len(g) - 1 for g in grids])
+    return sum(int(((rep == rows) & (steps > it)).sum()) for it, rep in enumerate(shared_evaluations(grids, source)))
+
+
 @torch.no_grad()
 def complete_many(
     policy: FlowPolicy, x: torch.Tensor, grids: list[torch.Tensor], cond: Cond, max_batch: int = 0,
