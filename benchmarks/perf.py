@@ -273,7 +273,10 @@ def time_to_signal(path: Path) -> dict:
     import pandas as pd
 
     native = lambda v: None if v != v else v.item() if hasattr(v, "item") else v  # noqa: E731  (NaN: never reached)
-    return {r["method"]: {k: native(v) for k, v in r.items() if k != "method"} for r in pd.read_csv(path).to_dict("records")}
+    rows = pd.read_csv(path).to_dict("records")
+    if any(k not in r for r in rows for k in ("method", "wall_s", "seeds", "seeds_reached")):
+        raise ValueError(f"{path} is not a time_to_signal.csv of benchmarks.table (columns method, wall_s, seeds, ...)")
+    return {r["method"]: {k: native(v) for k, v in r.items() if k != "method"} for r in rows}
 
 
 def paper_h200() -> dict:
@@ -411,9 +414,11 @@ def main(argv=None) -> int:
         p = get_preset(a.preset)
         if a.threads < 1 or a.reps < 1:
             raise ValueError("--threads and --reps must be >= 1")
+        signal = a.signal or ROOT / "results" / a.preset / "time_to_signal.csv"
+        ttsignal = time_to_signal(signal)  # read before minutes of measuring: a broken file fails now
         tier = load_tier(p.shared.model)
-    except (KeyError, ValueError) as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
+    except (KeyError, ValueError, OSError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     torch.set_num_threads(a.threads)
     command = "python -m benchmarks.perf " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
@@ -423,9 +428,8 @@ def main(argv=None) -> int:
     res |= rollout_speed(tier, p, a.reps)
     res["methods"] = {m: round_times(tier, p, m) for m in METHODS}
     res |= cost_model_fit(tier, p, GRIDS["quick" if a.quick else "full"])
-    signal = a.signal or ROOT / "results" / a.preset / "time_to_signal.csv"
     shown = signal.resolve().relative_to(ROOT) if signal.resolve().is_relative_to(ROOT) else signal
-    res["time_to_signal"], res["time_to_signal_source"] = time_to_signal(signal), str(shown)
+    res["time_to_signal"], res["time_to_signal_source"] = ttsignal, str(shown)
     res |= paper_h200()
     res["peak_rss_gb"] = float("nan") if a.skip_rss else runner_peak_rss(a.preset, a.threads)
     text = markdown(res, command)

@@ -43,6 +43,15 @@ def test_perf_quick_json(tmp_path):
     assert "python -m benchmarks.perf --preset smoke" in out.read_text()
 
 
+def test_perf_broken_signal_file_fails_fast(tmp_path):
+    bad = tmp_path / "time_to_signal.csv"
+    bad.write_text("not,the,columns\n1,2,3\n")
+    r = subprocess.run([sys.executable, "-m", "benchmarks.perf", "--preset", "smoke", "--signal", str(bad)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "time_to_signal.csv" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_perf_bad_preset_fails_fast():
     r = subprocess.run([sys.executable, "-m", "benchmarks.perf", "--preset", "huge"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: unknown preset") and "Traceback" not in r.stderr
