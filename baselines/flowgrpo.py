@@ -16,7 +16,7 @@ from g2rpo.models.lora import reference_policy
 from g2rpo.sde import flow_sde_g, sde_step
 from g2rpo.tiers import architecture
 
-from .trajectory import TrajectoryMethod, check_positive_ints
+from .trajectory import TrajectoryMethod, check_positive_ints, trajectory_layout
 
 LORA_OPTIM = OptimConfig(lr=3e-4, weight_decay=1e-4, max_grad_norm=1.0)
 """Official AdamW settings; lr 3e-4 is a rate for its LoRA (r 32-64), not for every weight."""
@@ -151,7 +151,7 @@ class FlowGRPO(TrajectoryMethod):
         """Per GPU block, as the official code: re-admit random zero-advantage samples until the kept count divides by
         num_batches_per_epoch, shuffle the kept ones and split them into optimizer_steps_per_round steps; step s
         takes every block's s-th part."""
-        P, G, S = rollout.info["layout"]
+        P, G, S = trajectory_layout(rollout)
         tr, n = rollout.transitions, P * G
         kept = torch.ones(n, dtype=torch.bool) if tr.mask is None else tr.mask.view(n, S).any(1)
         W = self.devices() if n % self.devices() == 0 else 1

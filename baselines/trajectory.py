@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from g2rpo.config import SharedConfig
-from g2rpo.method import Method, Rollout, Transitions
+from g2rpo.method import Layout, Method, Rollout, Transitions
 from g2rpo.policy import Cond, FlowPolicy
 from g2rpo.sampling import _velocity
 from g2rpo.sde import predict_x0, sde_step
@@ -43,6 +43,12 @@ def check_positive_ints(cfg, *knobs: str) -> None:
         v = getattr(cfg, knob)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{knob} must be an integer >= 1, got {v!r}")
+
+
+def trajectory_layout(rollout: Rollout) -> tuple[int, int, int]:
+    """(P, G, S): prompts, samples per prompt and stored steps per sample; rows are (prompt, sample, step)."""
+    lay = rollout.layout
+    return lay.prompts, lay.generations, lay.steps
 
 
 class TrajectoryMethod(Method):
@@ -117,10 +123,10 @@ class TrajectoryMethod(Method):
         )
         final = x0 if self.image_from_x0_hat else xs[-1]
         return Rollout(images=policy.decode(final), image_prompt=torch.arange(P).repeat_interleave(G), transitions=tr,
-                       info={"layout": (P, G, S), "latents": xs.view(n + 1, P, G, *shape)})
+                       layout=Layout(prompts=P, generations=G, steps=S), latents=xs.view(n + 1, P, G, *shape))
 
     def advantages(self, rollout, rewards, weights) -> dict:
-        P, G, S = rollout.info["layout"]
+        P, G, S = trajectory_layout(rollout)
         adv = self.sample_advantages({m: r.view(P, G) for m, r in rewards.items()}, weights)
         tr = rollout.transitions
         tr.adv = adv.reshape(P * G, 1).repeat_interleave(S, 0)
@@ -128,7 +134,7 @@ class TrajectoryMethod(Method):
 
     def update_groups(self, rollout, gen) -> list[torch.Tensor]:
         """Select each sample's trained steps, shuffle the samples and split them into optimizer steps."""
-        P, G, S = rollout.info["layout"]
+        P, G, S = trajectory_layout(rollout)
         tr = rollout.transitions
         keep = self.select(P * G, S, gen).reshape(P * G * S, 1)
         tr.mask = keep if tr.mask is None else tr.mask & keep

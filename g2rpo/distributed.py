@@ -16,6 +16,7 @@ chunks so that all ranks make the same number of calls.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -149,13 +150,13 @@ class DataParallel:
         ``update_groups`` read (layout, row prompts and steps, old log-probs, masks) and the rewards of all images."""
         if self.world == 1:
             return ro, rewards
-        tr, layout = ro.transitions, ro.info["layout"]
-        offset = self.rank * layout[0]
+        tr, layout = ro.transitions, ro.layout
+        offset = self.rank * layout.prompts  # prompt-major rows: this rank's are one block
         view_tr = Transitions(prompt=self.gather(tr.prompt + offset), k=self.gather(tr.k), x=None, sigma=None,
                               sigma_next=None, g=None, x_next=None, log_prob_old=self.gather(tr.log_prob_old),
                               mask=None if tr.mask is None else self.gather(tr.mask))
         view = Rollout(images=None, image_prompt=self.gather(ro.image_prompt + offset), transitions=view_tr,
-                       info={"layout": (layout[0] * self.world, *layout[1:])})
+                       layout=dataclasses.replace(layout, prompts=layout.prompts * self.world))
         return view, {m: self.gather(v) for m, v in rewards.items()}
 
     def localise(self, view: Rollout, ro: Rollout, groups: list[torch.Tensor]) -> list[torch.Tensor]:

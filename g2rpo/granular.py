@@ -15,7 +15,7 @@ import torch
 from . import advantages as A
 from .config import OptimConfig, SharedConfig
 from .ema import EMAConfig
-from .method import Cost, Method, Rollout, Transitions
+from .method import Cost, Layout, Method, Rollout, Transitions
 from .policy import Cond, FlowPolicy, autocast
 from .sampling import _velocity, complete_many, complete_one, evaluations, ode_sample
 from .schedules import coarse_completion_grid
@@ -173,8 +173,8 @@ class G2RPO(Method):
             images=policy.decode(x0.reshape(n_img, *shape)),
             image_prompt=torch.arange(P).repeat_interleave(n_img // P),
             transitions=tr,
+            layout=Layout(prompts=P, generations=G, steps=len(ks), granularities=len(lams)),
             extra_images={"ode": policy.decode(x0_ode)},
-            info={"layout": (P, len(ks), len(lams), G)},
         )
 
     @torch.no_grad()
@@ -204,7 +204,8 @@ class G2RPO(Method):
         return torch.cat(x0_ode), x_next, logp, x0, anchor
 
     def advantages(self, rollout: Rollout, rewards: dict[str, torch.Tensor], weights: dict[str, float]) -> dict:
-        P, nk, nl, G = rollout.info["layout"]
+        lay = rollout.layout
+        P, nk, nl, G = lay.prompts, lay.steps, lay.granularities, lay.generations
         per_reward = {m: A.group_zscore(r.view(P, nk, nl, G)).sum(2) for m, r in rewards.items()}
         adv = A.clamp(A.combine(per_reward, weights), self.cfg.adv_clip_max)  # (P, |M|, G)
         rollout.transitions.adv = adv.reshape(P * nk, G)

@@ -52,6 +52,25 @@ class Transitions:
         return torch.ones(self.log_prob_old.shape, dtype=torch.bool) if self.mask is None else self.mask
 
 
+@dataclass(frozen=True)
+class Layout:
+    """The order of a round's rows and images. Both are prompt-major (all of prompt p before prompt p + 1), so the
+    rows of a process's slice of the prompts are one contiguous block of the round's (``g2rpo.distributed``).
+
+    Trajectory methods: row (p, i, s) is step s of sample i (n = 1); image (p, i).
+    G2RPO: row (p, s) is the s-th noised step, its n = G members the group; image (p, s, lambda, i).
+    """
+
+    prompts: int
+    """P, prompts of the rollout (this process's slice; the whole round in the distributed global view)."""
+    generations: int
+    """G, samples per prompt (the group)."""
+    steps: int
+    """Stored steps per sample (trajectory methods' candidate steps S) or per group (G2RPO's |M|)."""
+    granularities: int = 1
+    """Images per (step, member): G2RPO's |Lambda| completions; 1 elsewhere."""
+
+
 @dataclass
 class Rollout:
     """Everything a method's rollout produced for one round."""
@@ -61,10 +80,12 @@ class Rollout:
     image_prompt: torch.Tensor
     """(I,) prompt index of each image."""
     transitions: Transitions
+    layout: Layout
+    """Order of ``transitions``' rows and of ``images``, which the advantage step reads."""
     extra_images: dict[str, torch.Tensor] = field(default_factory=dict)
     """Images only scored for logging, e.g. G2RPO's anchor ODE image as 'ode'; each (P, 3, H, W)."""
-    info: dict = field(default_factory=dict)
-    """Method-specific layout the advantage step needs."""
+    latents: torch.Tensor | None = None
+    """(N+1, P, G, C, H, W) every latent of the trajectory methods' samples (tests read them); None elsewhere."""
 
 
 @dataclass

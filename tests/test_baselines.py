@@ -7,9 +7,11 @@ import torch
 from baselines.dancegrpo import DanceGRPO, DanceGRPOConfig
 from baselines.flowgrpo import FlowGRPO, FlowGRPOConfig
 from baselines.mixgrpo import MixGRPO, MixGRPOConfig
+from baselines.trajectory import trajectory_layout
 from g2rpo.config import assert_same_shared
 from g2rpo.granular import G2RPO, G2RPOConfig
 from g2rpo.loop import generator, initial_noise
+from g2rpo.method import Layout
 from g2rpo.registry import METHODS, make_method
 from tests.helpers import no_decay, rollout, shared, trainer
 
@@ -19,7 +21,7 @@ def differs(a, b):
 
 
 def members_differ_at(ro, j):
-    lat = ro.info["latents"][j]  # (P, G, ...)
+    lat = ro.latents[j]  # (P, G, ...)
     return [differs(lat[p, 0], lat[p, 1]) for p in range(lat.shape[0])]
 
 
@@ -49,7 +51,7 @@ def groups_and_mask(method, sh, round_idx=0):
 
 
 def trained_steps(ro):
-    P, G, S = ro.info["layout"]
+    P, G, S = trajectory_layout(ro)
     tr = ro.transitions
     return [tr.k.view(P * G, S)[i][tr.mask.view(P * G, S)[i]].tolist() for i in range(P * G)]
 
@@ -81,7 +83,7 @@ def test_advantages_hand_computed():
     summed = flow.sample_advantages({"a": r, "b": 2 * r}, {"a": 1.0, "b": 0.5})
     assert torch.allclose(summed, flow.sample_advantages({"a": 2 * r}, {"a": 1.0}), atol=1e-6)
     # zero-advantage samples are dropped
-    ro = type("R", (), {"info": {"layout": (2, 3, 1)}, "transitions": type("T", (), {})()})()
+    ro = type("R", (), {"layout": Layout(prompts=2, generations=3, steps=1), "transitions": type("T", (), {})()})()
     flow.advantages(ro, {"a": r.reshape(-1)}, {"a": 1.0})
     assert ro.transitions.mask.view(-1).tolist() == [True, False, True, False, False, False]
     # DanceGRPO: group z-score with unbiased std; MixGRPO: weights normalised to one

@@ -15,7 +15,7 @@ from baselines.mixgrpo import MixGRPO, MixGRPOConfig
 from benchmarks.plan import PlanError, describe, make_plan
 from g2rpo.config import SharedConfig
 from g2rpo.loop import generator, trained_meta
-from g2rpo.method import Rollout, Transitions
+from g2rpo.method import Layout, Rollout, Transitions
 from g2rpo.models.lora import adapter_parameters
 from g2rpo.presets import PRESETS, Preset
 from g2rpo.registry import make_method
@@ -32,7 +32,7 @@ def fake_rollout(P, G, S, adv=None):
     if adv is not None:
         tr.adv = adv.reshape(P * G, 1).repeat_interleave(S, 0)
     return Rollout(images=None, image_prompt=torch.arange(P).repeat_interleave(G), transitions=tr,
-                   info={"layout": (P, G, S)})
+                   layout=Layout(prompts=P, generations=G, steps=S))
 
 
 def step_samples(groups, S):
@@ -146,7 +146,7 @@ def test_mixgrpo_round_with_an_empty_window_samples_by_ode_and_trains_nothing():
     sh = shared(num_steps=4)  # top = N - 2 = 2: windows [0, 1], [1], [], [0, 1]
     m = MixGRPO(MixGRPOConfig(window_size=2, window_shift_every=1, world_size=1, optim=no_decay(1e-4)))
     _, _, ro = rollout(m, sh, round_idx=2)
-    lat = ro.info["latents"]
+    lat = ro.latents
     assert torch.allclose(lat[:, :, 0], lat[:, :, 1], atol=1e-5) and len(ro.transitions.k) == 0  # no noise: one path
     history = trainer(m, sh).train(4)
     assert [h["optimizer_steps"] for h in history] == [2, 2, 0, 2]  # 6 samples, 3 per step
@@ -198,7 +198,7 @@ def test_bf16_rollout_latents_are_fed_rounded_and_stored_in_fp32():
     sh = shared()
     policy, cond, a = rollout(FlowGRPO(FlowGRPOConfig(latent_dtype="bf16")), sh)
     _, _, b = rollout(FlowGRPO(), sh)
-    lat = a.info["latents"]  # (N+1, P, G, ...)
+    lat = a.latents  # (N+1, P, G, ...)
     assert not torch.equal(lat[1:], lat[1:].bfloat16().float())  # stored: the fp32 samples
     assert 0 < (a.images - b.images).abs().max() < 0.05
     # step 1 of member 0 started from the bf16-rounded latent of step 0

@@ -10,6 +10,7 @@ from g2rpo.config import SharedConfig
 from g2rpo.granular import G2RPO, G2RPOConfig
 from g2rpo.loop import initial_noise
 from g2rpo.loss import ppo_clip_loss
+from g2rpo.method import Layout
 from g2rpo.models.flux import tiny_flux_policy
 from g2rpo.models.text import HashTextEncoder
 from g2rpo.sampling import complete_many, complete_one, ode_sample, shared_evaluations
@@ -76,7 +77,8 @@ def test_members_share_the_anchor_until_their_k():
 def test_eta_zero_members_equal_the_anchor_and_anchor_is_plain_sampling():
     sh = shared()
     policy, cond, ro = rollout(method(eta=0.0, granular_list=(1,)), sh)
-    P, nk, nl, G = ro.info["layout"]
+    lay = ro.layout
+    P, nk, nl, G = lay.prompts, lay.steps, lay.granularities, lay.generations
     imgs = ro.images.view(P, nk, nl, G, *ro.images.shape[1:])
     ode = ro.extra_images["ode"]
     assert torch.allclose(imgs, ode[:, None, None, None].expand_as(imgs), atol=1e-6)
@@ -110,7 +112,7 @@ def test_completion_takes_x0_hat_at_the_last_evaluated_point():
 def test_advantages_hand_computed():
     m = method(eta_step_list=(0,), granular_list=(1, 2), adv_clip_max=1.0)
     ro = type("R", (), {})()
-    ro.info = {"layout": (1, 1, 2, 3)}
+    ro.layout = Layout(prompts=1, generations=3, steps=1, granularities=2)
     ro.transitions = type("T", (), {})()
     # reward a over (lambda=1: 1,2,3), (lambda=2: 0,0,3); reward b constant -> zero advantage
     rewards = {"a": torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 3.0]), "b": torch.full((6,), 7.0)}
@@ -135,7 +137,8 @@ def test_wo_mgai_is_lambda_one():
     sh = shared()
     _, _, full = rollout(method(granular_list=(1, 2)), sh)
     _, _, wo = rollout(method(granular_list=(1,)), sh)
-    P, nk, nl, G = full.info["layout"]
+    lay = full.layout
+    P, nk, nl, G = lay.prompts, lay.steps, lay.granularities, lay.generations
     img = full.images.view(P, nk, nl, G, -1)
     assert torch.allclose(img[:, :, 0], wo.images.view(P, nk, G, -1), atol=1e-6)
     assert torch.equal(full.transitions.log_prob_old, wo.transitions.log_prob_old)
