@@ -6,33 +6,19 @@ G2RPO_TEXT_CACHE (described there).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
-from .policy import FlowPolicy, TextEncoder
-from .rewards import Reward
-
-
-@dataclass
-class Tier:
-    """Everything a run needs besides the method and the shared settings."""
-
-    name: str
-    make_policy: Callable[[], FlowPolicy]
-    """A fresh, trainable copy of the base model."""
-    text: TextEncoder
-    """Frozen text encoder (cached per prompt)."""
-    rewards: dict[str, Reward]
-    """Every reward of the tier; those in the shared settings are in-domain, the rest out-of-domain."""
-    train_prompts: list[str]
-    """Prompts RL trains on."""
-    eval_prompts: list[str]
-    """Held-out prompts (never trained on) for evaluation."""
-    settings: dict[str, str] = field(default_factory=dict)
-    """What the environment chose for this tier (resolution, prompt files, text length), recorded beside every
-    checkpoint so that an evaluation in another setting is refused rather than silently run; empty where the tier is
-    fixed by the code (the tiny and pocket tiers)."""
-
+from .models.flux import tiny_flux_policy
+from .models.pipelines import FLUX, SD35, tier_from_env
+from .models.sd3 import tiny_sd3_policy
+from .models.text import HashTextEncoder
+from .pocket import binding
+from .pocket.data import prompts
+from .pocket.model import load_generator
+from .pocket.rewards import pocket_rewards, text_encoder
+from .policy import FlowPolicy
+from .rewards import Brightness, ChannelContrast, Contrast
+from .tier import Tier
 
 TINY_TRAIN = ["a red apple", "a blue whale", "a green frog", "a yellow star", "a purple flower", "a white cloud"]
 TINY_EVAL = ["an orange fox", "a black cat", "a pink pig", "a grey wolf"]
@@ -41,11 +27,6 @@ TINY_EVAL = ["an orange fox", "a black cat", "a pink pig", "a grey wolf"]
 def _tiny(kind: str = "flux") -> Tier:
     """Tiny in-code models with weight-free rewards: the FLUX class ('tiny') or the SD3 class with true CFG
     ('tiny-sd3'), for tests and smoke runs."""
-    from .models.flux import tiny_flux_policy
-    from .models.sd3 import tiny_sd3_policy
-    from .models.text import HashTextEncoder
-    from .rewards import Brightness, ChannelContrast, Contrast
-
     rewards = {r.name: r for r in (Brightness(), ChannelContrast(), Contrast())}
     make = {"flux": tiny_flux_policy, "sd3": tiny_sd3_policy}[kind]
     name = "tiny" if kind == "flux" else f"tiny-{kind}"
@@ -55,11 +36,6 @@ def _tiny(kind: str = "flux") -> Tier:
 def _pocket(task: str = "emoji") -> Tier:
     """The pocket generator on one of its tasks: 'emoji' (emoji captions, the learned heads' task) or 'binding'
     ("a {colour} {object} emoji" scored by rules, ``pocket/binding.py``), each with its own prompts and rewards."""
-    from .pocket import binding
-    from .pocket.data import prompts
-    from .pocket.model import load_generator
-    from .pocket.rewards import pocket_rewards, text_encoder
-
     def make_policy() -> FlowPolicy:
         return load_generator().requires_grad_(True)  # loaded frozen for sampling; RL trains every weight
 
@@ -71,14 +47,10 @@ def _pocket(task: str = "emoji") -> Tier:
 
 
 def _flux_dev() -> Tier:
-    from .models.pipelines import FLUX, tier_from_env
-
     return tier_from_env(FLUX)
 
 
 def _sd35() -> Tier:
-    from .models.pipelines import SD35, tier_from_env
-
     return tier_from_env(SD35)
 
 

@@ -44,7 +44,7 @@ from ..policy import Cond, TextEncoder
 from ..rewards.registry import PAPER_REWARDS, RewardPaths, named, paper_rewards
 from ..rewards.weights import is_hub_id
 from ..textcache import DiskCachedTextEncoder
-from ..tiers import Tier
+from ..tier import Tier
 from .flux import FluxPolicy
 from .sd3 import SD3Policy
 
