@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +41,18 @@ def test_assets_present_and_small():
         assert (data.ASSETS / f).is_file(), f
     weights = sum((data.ASSETS / f).stat().st_size for f in files if f.endswith(".safetensors"))
     assert weights <= 30 * 2**20
+
+
+def test_asset_tools_run_as_modules_and_the_cards_name_them():
+    """The tools that made the assets live in benchmarks.assets (not the library); cards and metadata say so."""
+    root = Path(__file__).resolve().parents[1]
+    for module, card, meta in (("benchmarks.assets.pretrain", "MODEL_CARD.md", "pocket_generator.json"),
+                               ("benchmarks.assets.train_rewards", "REWARD_CARD.md", "reward_heads.json")):
+        r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=root, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0 and r.stdout.startswith("usage:"), r.stderr
+        assert f"python -m {module}" in (data.ASSETS / card).read_text()
+        assert f'"command": "python -m {module}"' in (data.ASSETS / meta).read_text()
 
 
 def test_split_is_fixed_and_disjoint():

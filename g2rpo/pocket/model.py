@@ -64,7 +64,7 @@ def load_generator(weights: Path = WEIGHTS, config: Path = CONFIG) -> FluxPolicy
 
     Raises CheckpointError (one line: the file, what is wrong, where it comes from) for a missing, truncated or
     corrupt file and for weights of another architecture."""
-    origin = "it ships with this package (reinstall, or rerun python -m g2rpo.pocket.pretrain)"
+    origin = "it ships with this package (reinstall, or rerun python -m benchmarks.assets.pretrain)"
     try:
         cfg = GeneratorConfig(**json.loads(Path(config).read_text())["architecture"])
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -1,6 +1,6 @@
 """Pocket reward models over frozen EfficientNet-Lite0 (ImageNet) and MiniLM features.
 
-In-domain (heads trained by ``python -m g2rpo.pocket.train_rewards`` on train-split emoji only):
+In-domain (heads trained by ``python -m benchmarks.assets.train_rewards`` on train-split emoji only):
 ``EmojiAlignment`` (contrastive image-text head) and ``EmojiCategory`` (Unicode category agreement).
 Out-of-domain (never trained here): ``ImageNetZeroShot`` and ``ImageNetConfidence``. The image statistics that
 expose reward hacking are in ``g2rpo/image_stats.py``. All take images in [0, 1].

