@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from g2rpo import advantages as A
-from g2rpo.config import OptimConfig, SharedConfig
-from g2rpo.ema import EMAConfig
+from g2rpo.config import MethodConfig, OptimConfig, SharedConfig
 from g2rpo.method import Cost
 from g2rpo.sde import dance_sde_g
 
@@ -15,7 +14,7 @@ from .trajectory import TrajectoryMethod, check_positive_ints
 
 
 @dataclass
-class DanceGRPOConfig:
+class DanceGRPOConfig(MethodConfig):
     """Method knobs of DanceGRPO; defaults are its official 16-GPU FLUX script's (``scripts/finetune/finetune_flux_grpo.sh``).
 
     Its 8-GPU script differs: 2 prompts per GPU, ``gradient_accumulation_steps=12, world_size=8`` (2 steps of 96
@@ -28,10 +27,6 @@ class DanceGRPOConfig:
     """Each sample trains int(timestep_fraction * (N-1)) of the first N-1 transitions, a fresh random subset per round."""
     ignore_last: bool = True
     """Never train the last transition (official `--ignore_last`)."""
-    clip_range: float = 1e-4
-    """PPO ratio clip epsilon."""
-    adv_clip_max: float = 5.0
-    """Advantages are clamped to +-adv_clip_max."""
     init_same_noise: bool = True
     """One x_T per group (official `--init_same_noise`)."""
     gradient_accumulation_steps: int = 4
@@ -42,17 +37,13 @@ class DanceGRPOConfig:
     processes run it here."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, weight_decay=1e-4, max_grad_norm=1.0))
     """AdamW settings (official: lr 1e-5, wd 1e-4)."""
-    ema: EMAConfig | None = None
-    """EMA of the weights for evaluation (g2rpo.ema.EMAConfig); None = live weights (official: --use_ema off)."""
 
 
 class DanceGRPO(TrajectoryMethod):
     name = "dancegrpo"
     image_from_x0_hat = True
-
-    def __init__(self, cfg: DanceGRPOConfig | None = None) -> None:
-        self.cfg = cfg or DanceGRPOConfig()
-        self.optim = self.cfg.optim
+    config_class = DanceGRPOConfig
+    cfg: DanceGRPOConfig
 
     def validate(self, shared: SharedConfig) -> None:
         super().validate(shared)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from g2rpo import advantages as A
-from g2rpo.config import OptimConfig, SharedConfig
+from g2rpo.config import MethodConfig, OptimConfig, SharedConfig
 from g2rpo.ema import EMAConfig
 from g2rpo.loss import kl_to_reference
 from g2rpo.method import Cost
@@ -32,7 +32,7 @@ class MultiReward(str, enum.Enum):
 
 
 @dataclass
-class FlowGRPOConfig:
+class FlowGRPOConfig(MethodConfig):
     """Method knobs of Flow-GRPO; defaults are its official code's."""
 
     noise_level: float = 0.7
@@ -47,10 +47,6 @@ class FlowGRPOConfig:
     """Independent x_T per sample (official); True shares x_T within a group."""
     beta: float = 0.0
     """KL weight to the frozen base policy (0 under FLUX-style shared settings; 0.04 in the SD3.5 GenEval/OCR preset)."""
-    clip_range: float = 1e-4
-    """PPO ratio clip epsilon."""
-    adv_clip_max: float = 5.0
-    """Advantages are clamped to +-adv_clip_max."""
     num_rollout_steps: int | None = None
     """Denoising reduction: rollout steps (SD3.5 preset: 10) on the shared schedule's grid; None = the shared num_steps."""
     optimizer_steps_per_round: int = 2
@@ -78,12 +74,13 @@ class FlowGRPOConfig:
 
 class FlowGRPO(TrajectoryMethod):
     name = "flowgrpo"
+    config_class = FlowGRPOConfig
+    cfg: FlowGRPOConfig
 
     def __init__(self, cfg: FlowGRPOConfig | None = None) -> None:
         cfg = cfg or FlowGRPOConfig()
         self.lr_given = cfg.optim is not None
-        self.cfg = cfg if self.lr_given else dataclasses.replace(cfg, optim=dataclasses.replace(LORA_OPTIM))
-        self.optim = self.cfg.optim
+        super().__init__(cfg if self.lr_given else dataclasses.replace(cfg, optim=dataclasses.replace(LORA_OPTIM)))
 
     def lora(self, shared):
         if shared.lora or not self.cfg.use_lora:

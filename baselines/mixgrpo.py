@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from g2rpo import advantages as A
-from g2rpo.config import OptimConfig, SharedConfig
-from g2rpo.ema import EMAConfig
+from g2rpo.config import MethodConfig, OptimConfig, SharedConfig
 from g2rpo.method import Cost
 from g2rpo.sde import flow_sde_g
 
@@ -15,7 +14,7 @@ from .trajectory import TrajectoryMethod, check_positive_ints
 
 
 @dataclass
-class MixGRPOConfig:
+class MixGRPOConfig(MethodConfig):
     """Method knobs of MixGRPO; defaults are its official FLUX script's (``finetune_flux_grpo_MixGRPO.sh``: 4 nodes x
     8 GPUs, one prompt per GPU; its own N = 25 is a shared setting here)."""
 
@@ -27,10 +26,6 @@ class MixGRPOConfig:
     """Rounds between moves of the window by one step (official `iters_per_group`, progressive, overlap step 1)."""
     roll_back: bool = True
     """Official `--roll_back`: once the window's start passes N-2 it returns to 0; False = it stays at N-2."""
-    clip_range: float = 1e-4
-    """PPO ratio clip epsilon."""
-    adv_clip_max: float = 5.0
-    """Advantages are clamped to +-adv_clip_max."""
     gradient_accumulation_steps: int = 3
     """Samples per GPU accumulated into one optimizer step (official: 3 of the GPU's 12)."""
     world_size: int = 32
@@ -38,16 +33,12 @@ class MixGRPOConfig:
     samples (official: 3 x 32 = 96, 4 steps per round of 32 prompts x 12). A property of the recipe."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, weight_decay=1e-4, max_grad_norm=1.0))
     """AdamW settings."""
-    ema: EMAConfig | None = None
-    """EMA of the weights for evaluation (g2rpo.ema.EMAConfig); None = live weights, as the DanceGRPO code."""
 
 
 class MixGRPO(TrajectoryMethod):
     name = "mixgrpo"
-
-    def __init__(self, cfg: MixGRPOConfig | None = None) -> None:
-        self.cfg = cfg or MixGRPOConfig()
-        self.optim = self.cfg.optim
+    config_class = MixGRPOConfig
+    cfg: MixGRPOConfig
 
     def validate(self, shared: SharedConfig) -> None:
         super().validate(shared)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .ema import EMAConfig
 from .schedules import TimestepConvention, flow_match_sigmas, shifted_sigmas
 
 
@@ -134,6 +135,22 @@ class OptimConfig:
     """AdamW epsilon."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip per optimizer step."""
+
+
+@dataclass
+class MethodConfig:
+    """Knobs every method has. A method's config inherits them and overrides a default only where its official one
+    differs; ``dataclasses.asdict`` of it is what runs record as the method's knobs."""
+
+    clip_range: float = 1e-4
+    """PPO ratio clip epsilon."""
+    adv_clip_max: float = 5.0
+    """Advantages are clamped to +-adv_clip_max (after summing over rewards, and G2RPO's granularities)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """AdamW settings (default G2RPO's official: lr 2e-6, wd 1e-4, grad clip 1.0)."""
+    ema: EMAConfig | None = None
+    """EMA of the weights for evaluation (g2rpo.ema.EMAConfig); None = live weights, as the G2RPO, DanceGRPO and
+    MixGRPO codes."""
 
 
 def comparable_differences(blocks: dict[str, dict]) -> list[str]:

@@ -8,13 +8,12 @@ sigma[k+1] ⊕ sigma[k+2::lambda]. Advantages are group z-scores per (reward, la
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from . import advantages as A
-from .config import OptimConfig, SharedConfig
-from .ema import EMAConfig
+from .config import MethodConfig, SharedConfig
 from .method import Cost, Layout, Method, Rollout, Transitions
 from .policy import Cond, FlowPolicy, autocast
 from .sampling import _velocity, complete_many, complete_one, evaluations, ode_sample
@@ -50,8 +49,8 @@ class RolloutMode(str, enum.Enum):
 
 
 @dataclass
-class G2RPOConfig:
-    """Method knobs of G2RPO; defaults are the official training scripts'."""
+class G2RPOConfig(MethodConfig):
+    """Method knobs of G2RPO; defaults are the official training scripts' (``MethodConfig``'s are G2RPO's)."""
 
     eta: float = 0.7
     """a, the Flow-SDE noise level: g = a * sqrt(sigma / (1 - sigma~))."""
@@ -61,10 +60,6 @@ class G2RPOConfig:
     """Lambda, completion granularities (official scripts {1, 2}; the paper's main runs {1, 2, 3}; {1} = w/o MGAI)."""
     completion_end: CompletionEnd = CompletionEnd.OFFICIAL
     """Endpoint rule of coarse completions (see CompletionEnd)."""
-    clip_range: float = 1e-4
-    """PPO ratio clip epsilon."""
-    adv_clip_max: float = 5.0
-    """Advantages are clamped to +-adv_clip_max after summing over rewards and granularities."""
     update: UpdateSchedule = UpdateSchedule.PER_STEP
     """Optimizer steps per round (see UpdateSchedule)."""
     rollout_mode: RolloutMode = RolloutMode.BATCHED
@@ -78,10 +73,6 @@ class G2RPOConfig:
     'model' (default): the shared precision."""
     anchor_dtype: str = "fp32"
     """'bf16': stored anchor latents x_k rounded to bf16 as the official code stores them; 'fp32' (default): exact."""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-6, weight_decay=1e-4, max_grad_norm=1.0))
-    """AdamW settings (official: lr 2e-6, wd 1e-4, grad clip 1.0)."""
-    ema: EMAConfig | None = None
-    """EMA of the weights for evaluation (g2rpo.ema.EMAConfig); None = live weights, as the DanceGRPO code."""
 
     def __post_init__(self):
         self.eta_step_list = tuple(int(k) for k in self.eta_step_list)
@@ -97,10 +88,8 @@ class G2RPOConfig:
 
 class G2RPO(Method):
     name = "g2rpo"
-
-    def __init__(self, cfg: G2RPOConfig | None = None) -> None:
-        self.cfg = cfg or G2RPOConfig()
-        self.optim = self.cfg.optim
+    config_class = G2RPOConfig
+    cfg: G2RPOConfig
 
     def _completion_autocast(self, policy: FlowPolicy):
         """bf16 autocast around the completions under completion_dtype 'bf16'; else none (the policy's own precision)."""

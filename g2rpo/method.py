@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import OptimConfig, SharedConfig
+from .config import MethodConfig, OptimConfig, SharedConfig
+from .ema import EMAConfig
 from .policy import Cond, FlowPolicy
 
 
@@ -108,9 +109,22 @@ class Method:
     """Base class of a method on the shared loop."""
 
     name: str = "method"
-    optim: OptimConfig
+    config_class: type[MethodConfig] = MethodConfig
+    """The method's knobs; ``Method()`` takes their defaults, the official ones."""
     reference: FlowPolicy | None = None
     """A frozen reference policy the update evaluates (Flow-GRPO's KL); its calls are counted apart."""
+
+    def __init__(self, cfg: MethodConfig | None = None) -> None:
+        self.cfg = cfg if cfg is not None else self.config_class()
+
+    @property
+    def optim(self) -> OptimConfig:
+        """The AdamW settings the Trainer builds its optimizer with: ``cfg.optim``, one object, so both stay equal."""
+        return self.cfg.optim
+
+    @optim.setter
+    def optim(self, value: OptimConfig) -> None:
+        self.cfg.optim = value
 
     def setup(self, policy: FlowPolicy) -> None:
         """Called once by the trainer before the first round (e.g. to freeze a reference copy)."""
@@ -119,7 +133,7 @@ class Method:
         """Raise ValueError for knobs that do not fit the shared settings, before any model work."""
         if shared.num_generations < 2:
             raise ValueError("num_generations must be >= 2 for group-normalised advantages")
-        cfg = getattr(self, "cfg", None)
+        cfg = self.cfg
         for knob, ok, rule in (("eta", lambda v: 0 <= v < 10, "in [0, 10)"), ("noise_level", lambda v: 0 <= v < 10, "in [0, 10)"),
                                ("clip_range", lambda v: 0 < v < 1, "in (0, 1)"), ("adv_clip_max", lambda v: v > 0, "> 0")):
             v = getattr(cfg, knob, None)
@@ -160,9 +174,9 @@ class Method:
         return torch.zeros(len(rows), 1)
 
     @property
-    def ema(self):
-        """The method's ``EMAConfig`` (weights averaged for evaluation) or None; a config field named ``ema``."""
-        return getattr(getattr(self, "cfg", None), "ema", None)
+    def ema(self) -> EMAConfig | None:
+        """The method's ``EMAConfig`` (weights averaged for evaluation) or None."""
+        return self.cfg.ema
 
     @property
     def clip_range(self) -> float:
