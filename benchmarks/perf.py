@@ -35,8 +35,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import torch
 
 from g2rpo.files import write_text
@@ -270,8 +272,6 @@ def time_to_signal(path: Path) -> dict:
     """Per method, the benchmark's time to signal (``benchmarks.table.time_to_signal_table``), or {} without it."""
     if not path.exists():
         return {}
-    import pandas as pd
-
     native = lambda v: None if v != v else v.item() if hasattr(v, "item") else v  # noqa: E731  (NaN: never reached)
     rows = pd.read_csv(path).to_dict("records")
     if any(k not in r for r in rows for k in ("method", "wall_s", "seeds", "seeds_reached")):
@@ -283,15 +283,11 @@ def paper_h200() -> dict:
     """The paper preset's round on H200-class GPUs as arithmetic: analytic FLOPs of FLUX.1-dev (720 px: 45 x 45 = 2025
     image tokens after 2x2 packing; 512 T5 tokens) per sample evaluation, a training forward+backward as 3 forwards,
     over ASSUMED_MFU x H200_BF16_PEAK per GPU on the preset's 16 GPUs (one prompt each)."""
-    from types import SimpleNamespace
-
-    from g2rpo.presets import preset
-
     flux = SimpleNamespace(num_attention_heads=24, attention_head_dim=128, num_layers=19, num_single_layers=38,
                            in_channels=64, out_channels=None, patch_size=1, joint_attention_dim=4096,
                            pooled_projection_dim=768, guidance_embeds=True)
     per_eval = flux_forward_flops(flux, 2025, 512)
-    p = preset("paper")
+    p = get_preset("paper")
     c, P = make_method("g2rpo", p.knobs).cost(p.shared), p.shared.prompts_per_round
     flops = P * per_eval * (c.nfe_rollout + 3 * (c.nfe_train + c.nfe_reference))
     gpus = P

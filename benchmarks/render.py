@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from g2rpo.files import atomic, write_text
@@ -70,8 +72,6 @@ def write_table(shown: pd.DataFrame, raw: pd.DataFrame, out: Path, stem: str, ti
 
 def bootstrap_ci(x, level: float = 0.95, n_boot: int = 4000, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (fixed seed, so tables are reproducible)."""
-    import numpy as np
-
     x = np.asarray(x, dtype=float)
     if len(x) < 2:
         return math.nan, math.nan
@@ -82,8 +82,6 @@ def bootstrap_ci(x, level: float = 0.95, n_boot: int = 4000, seed: int = 0) -> t
 
 def write_all(make, out: Path, errors: tuple[type[BaseException], ...]) -> int:
     """A table command's ending: ``make()`` writes the files; one-line error and exit 2 on ``errors``."""
-    import sys
-
     try:
         files = make()
     except errors as e:

@@ -14,6 +14,7 @@ selection as params and the table under ``tables/``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -23,10 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from eval.generate import prompt_scores
+from g2rpo.loop import Trainer
 from g2rpo.presets import PRESETS, preset as get_preset
 from g2rpo.registry import METHODS, make_method
+from g2rpo.tiers import load_tier
+from g2rpo.tracking import default_uri, git_commit, open_store
 
+from .publish import publish
 from .render import bootstrap_ci
 
 FAMILIES = ("g2rpo", "flowgrpo", "dancegrpo", "mixgrpo")
@@ -38,11 +45,6 @@ def objective(scores: dict, weights: dict[str, float]) -> np.ndarray:
 
 
 def train_and_score(method: str, lr: float, p, tier, seed: int, rounds: int) -> dict:
-    import torch
-
-    from eval.generate import prompt_scores
-    from g2rpo.loop import Trainer
-
     shared = dataclasses.replace(p.shared, seed=seed, rounds=rounds)
     m = make_method(method, p.knobs, lr)
     policy = tier.make_policy()
@@ -53,8 +55,6 @@ def train_and_score(method: str, lr: float, p, tier, seed: int, rounds: int) -> 
             trainer.step()
         ctx = trainer.evaluation_weights()
     else:
-        import contextlib
-
         ctx = contextlib.nullcontext()
     train_s = time.perf_counter() - t0
     rewards = {k: tier.rewards[k] for k in shared.rewards}
@@ -96,9 +96,6 @@ def record(client, exp_id: str, preset: str, command: str, chosen: dict[str, flo
     """The sweep as one MLflow run beside the benchmark's invocations: selection as params, the table as artifacts."""
     from mlflow.entities import Param
 
-    from .publish import publish
-    from g2rpo.tracking import git_commit
-
     run = client.create_run(exp_id, run_name=f"lr sweep {preset}", tags={
         "kind": "sweep", "preset": preset, "command": command, "git_commit": git_commit(),
         "mlflow.note.content": f"Learning-rate selection per method family on the train prompts: `{command}`."})
@@ -130,16 +127,10 @@ def main(argv=None) -> int:
     except (KeyError, ValueError) as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
-    import torch
-
-    from g2rpo.tiers import load_tier
-
     torch.set_num_threads(a.threads)
     rounds = p.shared.rounds if a.rounds is None else a.rounds
     out = a.out or Path("results") / a.preset
     out.mkdir(parents=True, exist_ok=True)
-    from g2rpo.tracking import default_uri, open_store
-
     try:  # a broken store or a model that cannot load is an error before any training
         client, exp_id = open_store(a.tracking_uri or default_uri(out), f"g2rpo-bench/{a.preset}", out / "mlartifacts")
         tier = load_tier(p.shared.model)

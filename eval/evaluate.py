@@ -11,11 +11,26 @@ Summaries are per prompt group (e.g. HPSv2 style) and overall. Everything is log
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from g2rpo.checkpoint import load_strict, read_meta, read_state
+from g2rpo.config import SharedConfig
+from g2rpo.files import atomic, sha256
+from g2rpo.loop import apply_model_settings
+from g2rpo.rewards.registry import PAPER_REWARDS, RewardPaths, paper_rewards
+from g2rpo.tiers import load_tier
+from g2rpo.tracking import default_uri, open_store, shown_uri
+
+from .generate import generate, save_png, score
 from .prompts import read_prompt_set
 
 
@@ -27,11 +42,6 @@ def load_model(checkpoint: str, tier_name: str):
     """(tier, policy, in-domain rewards, checkpoint identity) for 'base' or a checkpoint written by the runner or
     g2rpo.train. The policy is rebuilt as it was trained (timestep convention, precision, LoRA adapter) from the
     settings recorded beside the weights."""
-    from g2rpo.checkpoint import load_strict, read_meta, read_state
-    from g2rpo.files import sha256
-    from g2rpo.loop import apply_model_settings
-    from g2rpo.tiers import load_tier
-
     if checkpoint == "base":
         tier = load_tier(tier_name)
         return tier, tier.make_policy().eval(), {}, "base"
@@ -54,8 +64,6 @@ def load_model(checkpoint: str, tier_name: str):
 
 def pick_rewards(names: list[str], tier, reward_dir: Path | None) -> dict:
     """The tier's rewards by name, plus paper-tier ones loaded from ``reward_dir`` (each model once)."""
-    from g2rpo.rewards.registry import PAPER_REWARDS, RewardPaths, paper_rewards
-
     unknown = [r for r in names if r not in tier.rewards and r not in PAPER_REWARDS]
     if unknown or not names:
         raise EvalError(f"--rewards: unknown {unknown or 'empty list'}; tier {tier.name!r} has {', '.join(tier.rewards)}; "
@@ -68,21 +76,11 @@ def pick_rewards(names: list[str], tier, reward_dir: Path | None) -> dict:
 
 
 def load_png(path: Path):
-    import numpy as np
-    import torch
-    from PIL import Image
-
     return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1).float() / 255
 
 
 def generate_set(policy, tier, prompts: list[tuple[str, str]], steps: int, shift: float, k: int, seed: int, out: Path,
                  checkpoint: str) -> None:
-    import dataclasses
-
-    from g2rpo.config import SharedConfig
-
-    from .generate import generate, save_png
-
     sigmas = dataclasses.replace(SharedConfig(), num_steps=steps, shift=shift).sigmas()
     (out / "images").mkdir(parents=True, exist_ok=True)
     records = []
@@ -98,11 +96,6 @@ def generate_set(policy, tier, prompts: list[tuple[str, str]], steps: int, shift
 
 def score_set(out: Path, rewards: dict, in_domain: dict):
     """Score the saved images (so a rescore gives the same numbers); returns (per-image, summary) frames."""
-    import pandas as pd
-    import torch
-
-    from .generate import score
-
     try:
         meta = [json.loads(ln) for ln in (out / "metadata.jsonl").read_text().splitlines() if ln.strip()]
         images = torch.stack([load_png(out / m["image"]) for m in meta])
@@ -146,10 +139,6 @@ def main(argv=None) -> int:
     try:
         if a.steps < 1 or a.images_per_prompt < 1 or a.threads < 1:
             raise EvalError("--steps, --images-per-prompt and --threads must be >= 1")
-        import torch
-
-        from g2rpo.tracking import default_uri, open_store, shown_uri
-
         torch.set_num_threads(a.threads)
         if a.rescore:
             first = json.loads((a.out / "metadata.jsonl").read_text().splitlines()[0]) if (a.out / "metadata.jsonl").is_file() \
@@ -168,8 +157,6 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import mlflow
-
-    from g2rpo.files import atomic
 
     t0 = time.perf_counter()
     if not a.rescore:

@@ -7,6 +7,7 @@ model are compared on the same x_T, prompt by prompt.
 from __future__ import annotations
 
 import torch
+from PIL import Image
 
 from g2rpo.loop import generator
 from g2rpo.policy import FlowPolicy, TextEncoder
@@ -41,8 +42,6 @@ def generate(policy: FlowPolicy, text: TextEncoder, prompts: list[str], sigmas: 
 
 def save_png(image: torch.Tensor, path) -> None:
     """One (3, H, W) image in [0, 1] as an 8-bit PNG."""
-    from PIL import Image
-
     Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .errors import one_line
 from .files import atomic, write_text
@@ -21,8 +22,6 @@ class CheckpointError(ValueError):
 
 def read_state(path: Path, origin: str) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; CheckpointError naming the file and ``origin`` (where it comes from)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; {origin}")
@@ -54,8 +53,6 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: P
 def save_policy(policy: torch.nn.Module, path: Path, meta: dict, state: dict[str, torch.Tensor] | None = None) -> Path:
     """Weights (safetensors) and their metadata (JSON beside them), each written atomically. ``state`` replaces
     ``policy.state_dict()`` (e.g. the full weights gathered from FSDP shards)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = policy.state_dict() if state is None else state

@@ -20,6 +20,8 @@ import os
 import shutil
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+
 from .files import alive
 from .models.flux import FluxPolicy
 from .models.sd3 import SD3Policy
@@ -93,8 +95,6 @@ def export_diffusers(policy: FlowPolicy, folder: Path, method: str | None = None
     with _folder_writer(folder, SIDECAR, "an export") as tmp:
         policy.transformer.save_pretrained(tmp, safe_serialization=True)
         if isinstance(policy, SD3Policy):
-            from safetensors.torch import save_file
-
             neg = policy.negative
             save_file({"prompt_embeds": neg.tokens.detach().contiguous(),
                        "pooled_prompt_embeds": neg.pooled.detach().contiguous()}, str(tmp / NEGATIVE))
@@ -119,7 +119,6 @@ def load_exported(folder: Path, decoder=None) -> FlowPolicy:
                           meta["timestep_convention"], decoder)
     if meta["policy"] == "SD3Policy":
         from diffusers import SD3Transformer2DModel
-        from safetensors.torch import load_file
 
         transformer = SD3Transformer2DModel.from_pretrained(folder, **kw)
         neg = load_file(str(folder / NEGATIVE))

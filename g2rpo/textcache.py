@@ -25,6 +25,8 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .checkpoint import CheckpointError
 from .errors import one_line
@@ -84,8 +86,6 @@ class DiskCachedTextEncoder(TextEncoder):
 
     def _scan(self) -> None:
         """Index the shards not indexed yet (another process may have added some)."""
-        from safetensors import safe_open
-
         if not self.folder.is_dir():
             return
         remove_stale(self.folder)
@@ -118,8 +118,6 @@ class DiskCachedTextEncoder(TextEncoder):
             self._scanned.add(path)
 
     def _write(self, prompts: list[str], cond: Cond) -> None:
-        from safetensors.torch import save_file
-
         keys = [prompt_key(self.identity, p) for p in prompts]
         tensors = {f: getattr(cond, f).detach().cpu().contiguous() for f in _FIELDS}
         digests = [_row_digest(keys[i], [tensors[f][i] for f in _FIELDS]) for i in range(len(prompts))]
@@ -135,8 +133,6 @@ class DiskCachedTextEncoder(TextEncoder):
         self._scan()
 
     def _read(self, keys: list[bytes]) -> Cond:
-        from safetensors import safe_open
-
         by_shard: dict[Path, list[tuple[int, int, bytes]]] = {}
         for j, k in enumerate(keys):
             path, row = self._index[k]

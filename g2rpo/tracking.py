@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import subprocess
 import time
@@ -31,8 +32,6 @@ def open_store(uri: str, experiment: str, artifact_root: Path | None, create: bo
     cannot be used. Readers pass ``create=False`` so that a mistyped store or experiment is an error, not a new one."""
     if not create and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise RuntimeError(f"no MLflow store at {uri!r}")
-    import logging
-
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)

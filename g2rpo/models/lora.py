@@ -23,6 +23,8 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..checkpoint import CheckpointError, read_state
 from ..files import atomic
@@ -176,8 +178,6 @@ def _lora_config(policy: FlowPolicy) -> dict:
 def save_adapter(policy: FlowPolicy, path: Path) -> Path:
     """The adapter weights only, as safetensors with peft's key names (as ``get_peft_model_state_dict``) and the
     LoRA config (rank, alpha, targets) in the file's metadata. Written atomically."""
-    from safetensors.torch import save_file
-
     if not has_lora(policy):
         raise ValueError("the policy has no LoRA adapter to save")
     path = Path(path)
@@ -197,8 +197,6 @@ def load_adapter(policy: FlowPolicy, path: Path) -> FlowPolicy:
     same settings). Strict: the keys and shapes must match exactly and, when the file records its LoRA config,
     rank and alpha too; otherwise CheckpointError with one line. Files whose keys all carry one of the official
     codes' prefixes (``base_model.model.``, ``transformer.``) are accepted with the prefix removed."""
-    from safetensors import safe_open
-
     path = Path(path)
     origin = "adapter files are written by g2rpo.models.lora.save_adapter"
     if not has_lora(policy):

@@ -17,6 +17,7 @@ from functools import lru_cache
 import torch
 
 from ..rewards import Reward
+from .data import all_emoji, render
 
 COLOURS = {"red": 0.0, "orange": 30.0, "yellow": 55.0, "green": 120.0, "blue": 215.0, "purple": 280.0}
 """Colour words and their target hue in degrees (HSV)."""
@@ -86,8 +87,6 @@ def colour_fraction(images: torch.Tensor, colours: list[str]) -> torch.Tensor:
 @lru_cache(maxsize=1)
 def silhouettes() -> dict[str, torch.Tensor]:
     """Object word -> (32, 32) bool silhouette of its Twemoji."""
-    from .data import all_emoji, render
-
     by_caption = {e.caption: e for e in all_emoji()}
     return {o: foreground(render(by_caption[c], 32)[None])[0] for o, c in OBJECTS.items()}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 ASSETS = Path(__file__).parent / "assets"
 SPLITS = ("train", "heldout")
@@ -105,8 +106,6 @@ def prompts(split: str) -> list[str]:
 
 def render(e: Emoji, size: int = 32, background: tuple[int, int, int] = (255, 255, 255)) -> torch.Tensor:
     """Composite the PNG on a plain background at full size, then downsample: (3, size, size) in [0, 1]."""
-    from PIL import Image
-
     img = Image.open(e.path).convert("RGBA")
     bg = Image.new("RGBA", img.size, background + (255,))
     rgb = Image.alpha_composite(bg, img).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)

@@ -11,6 +11,7 @@ from ..checkpoint import CheckpointError, load_strict, read_state
 from ..models.flux import FluxPolicy
 from ..policy import Cond, FlowPolicy
 from .data import ASSETS
+from .text import MiniLMEncoder
 
 WEIGHTS = ASSETS / "pocket_generator.safetensors"
 CONFIG = ASSETS / "pocket_generator.json"
@@ -76,8 +77,6 @@ def load_generator(weights: Path = WEIGHTS, config: Path = CONFIG) -> FluxPolicy
 
 def load_pocket(max_tokens: int = 16):
     """(policy, text_encoder): the pocket generator and its frozen MiniLM text encoder."""
-    from .text import MiniLMEncoder
-
     return load_generator(), MiniLMEncoder(max_tokens=max_tokens)
 
 

@@ -13,12 +13,14 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from ..files import sha256
 from ..rewards import Reward
 from .data import ASSETS, CATEGORIES
 from .effnet import imagenet_classes, load_effnet, prepare
+from .text import MiniLMEncoder
 
 HEADS = ASSETS / "reward_heads.safetensors"
 HEADS_META = ASSETS / "reward_heads.json"
@@ -63,8 +65,6 @@ class CategoryHead(nn.Module):
 @lru_cache(maxsize=1)
 def text_encoder():
     """One frozen MiniLM per process (its per-prompt cache is shared by all rewards)."""
-    from .text import MiniLMEncoder
-
     return MiniLMEncoder()
 
 
@@ -101,8 +101,6 @@ def heads_identity() -> str:
 @lru_cache(maxsize=1)
 def load_heads() -> tuple[AlignHead, CategoryHead]:
     """The committed heads, loaded strictly, in eval mode."""
-    from safetensors.torch import load_file
-
     sd = load_file(str(HEADS))
     align, cat = AlignHead(**heads_meta()["align_arch"]), CategoryHead()
     align.load_state_dict({k[6:]: v for k, v in sd.items() if k.startswith("align.")}, strict=True)

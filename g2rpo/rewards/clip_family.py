@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import CheckpointError, check_state
 from ..errors import one_line
 from . import Reward
 from .weights import RewardCheckpointError, identity, load_state, locate, to_pil
@@ -167,8 +168,6 @@ def _open_clip_model(name: str, state: dict, path: Path, source: str):
     """(model, validation preprocessing) of open_clip architecture ``name`` holding ``state``. Keys and shapes are
     checked on a meta-device skeleton first, so a wrong file is refused in a second, not after building 1B parameters."""
     import open_clip
-
-    from ..checkpoint import CheckpointError, check_state
 
     with torch.device("meta"):
         skeleton = open_clip.create_model(name, load_weights=False, device="meta")

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import Reward
+from .clip_family import CLIPScore, HPSv21, PickScore
+from .imagereward import ImageRewardScore
 
 
 @dataclass
@@ -38,26 +40,18 @@ class RewardPaths:
 
 
 def _hps(p: RewardPaths) -> Reward:
-    from .clip_family import HPSv21
-
     return HPSv21(p.hps)
 
 
 def _clip(p: RewardPaths) -> Reward:
-    from .clip_family import CLIPScore
-
     return CLIPScore(p.clip)
 
 
 def _pickscore(p: RewardPaths) -> Reward:
-    from .clip_family import PickScore
-
     return PickScore(p.pickscore, p.pickscore_processor)
 
 
 def _imagereward(p: RewardPaths) -> Reward:
-    from .imagereward import ImageRewardScore
-
     return ImageRewardScore(p.imagereward, tokenizer=p.imagereward_tokenizer)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
+from safetensors.torch import load_file
 
 from ..checkpoint import CheckpointError
 from ..errors import one_line
@@ -54,8 +56,6 @@ def load_state(path: Path, source: str, key: str | None = None) -> dict[str, tor
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = _torch_load(path)
@@ -86,7 +86,5 @@ def identity(path: Path) -> str:
 
 def to_pil(images: torch.Tensor) -> list:
     """(B, 3, H, W) in [0, 1] as 8-bit RGB PIL images, rounded as ``eval.generate.save_png`` rounds them."""
-    from PIL import Image
-
     arr = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
