@@ -211,7 +211,8 @@ class Trainer:
         return metrics
 
     def update(self, tr: Transitions, cond: Cond, groups: list[torch.Tensor]) -> dict:
-        """One optimizer step per group of rows; within a group the loss is the mean over trained (row, member) pairs."""
+        """One optimizer step per group of rows; within a group the loss is the mean over trained (row, member) pairs of
+        their loss times ``Method.loss_weight``."""
         policy, method, shape = self.policy, self.method, tr.x.shape[1:]
         trained, n = tr.trained(), tr.n
         params = [p for p in policy.parameters() if p.requires_grad]
@@ -235,6 +236,8 @@ class Trainer:
                                rep(tr.g[chunk]), next_sample=tr.x_next[chunk].reshape(L * n, *shape))
                 per, ratio = ppo_clip_loss(out.log_prob.view(L, n), tr.log_prob_old[chunk], tr.adv[chunk], method.clip_range)
                 per = per + method.extra_loss(policy, tr, chunk, v, c)
+                if (w := method.loss_weight(tr, chunk)) is not None:
+                    per = per * w
                 mask = trained[chunk] & (i < len(chunks))
                 loss = (per * mask).sum() / weight
                 loss.backward()
@@ -271,10 +274,14 @@ class Trainer:
     def state_dict(self) -> dict:
         """What continuing exactly needs: the policy's weights (adapters included), the optimizer, the round and
         optimizer-step counters, the weight average if the method keeps one. Randomness needs no state: every stream
-        is a function of (seed, stream, round, prompt)."""
+        is a function of (seed, stream, round, prompt); the method's own state (``Method.state_dict``) if it has any."""
         state = {"round": self.round_idx, "optimizer_steps": self.optimizer_steps, "policy": self.policy.state_dict(),
                  "opt": self.opt.state_dict()}
-        return state | ({"ema": self.ema.state_dict()} if self.ema is not None else {})
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if method_state := self.method.state_dict():
+            state["method"] = method_state
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``. Build the Trainer on the base model first: Flow-GRPO's KL reference is taken
@@ -285,6 +292,8 @@ class Trainer:
         self.optimizer_steps = int(state.get("optimizer_steps", 0))  # only the EMA schedule reads it
         if self.ema is not None:
             self.ema.load_state_dict(state.get("ema", {}))
+        if "method" in state:  # absent: the method had no state of its own when it was saved
+            self.method.load_state_dict(state["method"])
 
     def train(self, rounds: int | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:
         history = []

@@ -173,6 +173,19 @@ class Method:
         """Extra loss per (row, member), (L, n) or (L, 1), added before masking (e.g. Flow-GRPO's KL); default none."""
         return torch.zeros(len(rows), 1)
 
+    def loss_weight(self, tr: Transitions, rows: torch.Tensor) -> torch.Tensor | None:
+        """Weight per (row, member) of ``rows``, (L, n) or (L, 1), multiplied into the PPO term plus ``extra_loss``
+        before masking; the step still divides by the count of trained pairs. None (default) = all ones."""
+        return None
+
+    def state_dict(self) -> dict:
+        """State of the method's own that a resumed run needs (the Trainer's checkpoint holds it as 'method'); {}
+        (default) = none."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``'s output."""
+
     @property
     def ema(self) -> EMAConfig | None:
         """The method's ``EMAConfig`` (weights averaged for evaluation) or None."""

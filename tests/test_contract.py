@@ -2,11 +2,15 @@
 import dataclasses
 
 import pytest
+import torch
 
 from baselines.dancegrpo import DanceGRPOConfig
 from baselines.flowgrpo import FlowGRPO, FlowGRPOConfig
 from baselines.mixgrpo import MixGRPOConfig
-from g2rpo.granular import G2RPOConfig
+from g2rpo.config import MethodConfig, OptimConfig
+from g2rpo.granular import G2RPO, G2RPOConfig
+from g2rpo.method import Method
+from tests.helpers import no_decay, shared, trainer
 
 ADAMW = {"weight_decay": 0.0001, "betas": (0.9, 0.999), "eps": 1e-08, "max_grad_norm": 1.0}
 OFFICIAL_EMA = {"decay": 0.9, "update_step_interval": 8, "repeats": 1, "warmup": True}
@@ -37,3 +41,98 @@ def test_recorded_knobs_keep_their_keys_and_values(cfg):
 
 def test_flowgrpo_records_its_official_lora_rate():
     assert dataclasses.asdict(FlowGRPO().cfg) == RECORDED[FlowGRPOConfig] | {"optim": {"lr": 0.0003, **ADAMW}}
+
+
+def test_method_takes_its_config_defaults_and_optim_is_the_configs():
+    m = Method()
+    assert m.cfg == MethodConfig() and m.optim is m.cfg.optim and m.ema is None and m.clip_range == 1e-4
+    m.optim = no_decay()
+    assert m.cfg.optim == no_decay()
+    assert G2RPO().cfg == G2RPOConfig() and FlowGRPO().optim.lr == 3e-4
+
+
+class Weighted(G2RPO):
+    """One optimizer step per round (accumulate), no gradient clip: the step's gradient is the loss's."""
+
+    def __init__(self, weight=None, drop_row=None):
+        super().__init__(G2RPOConfig(eta_step_list=(0, 2), update="accumulate", optim=OptimConfig(max_grad_norm=1e9)))
+        self.weight, self.drop_row = weight, drop_row
+
+    def loss_weight(self, tr, rows):
+        return None if self.weight is None else self.weight(rows)
+
+    def update_groups(self, rollout, gen):
+        groups = super().update_groups(rollout, gen)
+        if self.drop_row is not None:
+            rollout.transitions.mask = rollout.transitions.trained().clone()
+            rollout.transitions.mask[self.drop_row] = False
+        return groups
+
+
+def one_round(method):
+    """The round's metrics, the gradient of its one optimizer step and the weights after it."""
+    t = trainer(method, shared())
+    params, step, grads = [p for p in t.policy.parameters() if p.requires_grad], t.opt.step, []
+
+    def capture(*a, **kw):
+        grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params])
+        return step(*a, **kw)
+
+    t.opt.step = capture
+    metrics = t.step()
+    assert metrics["optimizer_steps"] == len(grads) == 1
+    return metrics, grads[0], [p.detach().clone() for p in params]
+
+
+def test_loss_weight_none_is_ones_and_two_doubles_the_loss():
+    base, g, w = one_round(Weighted())
+    ones, g1, w1 = one_round(Weighted(lambda rows: torch.ones(len(rows), 1)))
+    assert ones["loss"] == base["loss"] != 0
+    assert all(torch.equal(a, b) for a, b in zip(g + w, g1 + w1))
+    two, g2, _ = one_round(Weighted(lambda rows: torch.full((len(rows), 3), 2.0)))  # (L, n): n = G members
+    assert two["loss"] == 2 * base["loss"]
+    assert all(torch.equal(b, 2 * a) for a, b in zip(g, g2)) and any(a.abs().sum() > 0 for a in g)
+
+
+def test_loss_weight_zero_on_a_row_leaves_it_out_of_the_numerator_only():
+    row = 1
+    zero, gz, _ = one_round(Weighted(lambda rows: (rows != row).float()[:, None]))
+    masked, gm, _ = one_round(Weighted(drop_row=row))
+    n_all, n_kept = 2 * 2 * 3, (2 * 2 - 1) * 3  # (prompt, k) rows x G members; the masked step divides by fewer
+    assert zero["loss"] * n_all == pytest.approx(masked["loss"] * n_kept, rel=1e-5)
+    a, b = (torch.cat([t.reshape(-1) for t in g]) for g in (gz, gm))  # the masked step's batch has one row fewer
+    assert (a * n_all - b * n_kept).norm() < 1e-5 * (b * n_kept).norm()
+
+
+class Counting(G2RPO):
+    """A method with state of its own: the rounds whose advantages it computed."""
+
+    def __init__(self):
+        super().__init__(G2RPOConfig(eta_step_list=(0,)))
+        self.rounds = 0
+
+    def advantages(self, rollout, rewards, weights):
+        self.rounds += 1
+        return super().advantages(rollout, rewards, weights)
+
+    def state_dict(self):
+        return {"rounds": self.rounds}
+
+    def load_state_dict(self, state):
+        self.rounds = state["rounds"]
+
+
+def test_method_state_is_saved_only_when_it_has_some_and_restored(tmp_path):
+    sh = shared()
+    t = trainer(Counting(), sh)
+    t.train(2)
+    torch.save(t.state_dict(), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["method"] == {"rounds": 2}
+    resumed = trainer(Counting(), sh)
+    resumed.load_state_dict(state)
+    assert resumed.method.rounds == 2 and resumed.round_idx == 2
+    old = trainer(Counting(), sh)
+    old.load_state_dict({k: v for k, v in state.items() if k != "method"})  # saved before methods had state
+    assert old.method.rounds == 0 and old.round_idx == 2
+    assert "method" not in trainer(G2RPO(G2RPOConfig(eta_step_list=(0,))), sh).state_dict()
