@@ -379,7 +379,7 @@ def markdown(res: dict, command: str) -> str:
               f"train NFE, {c['image'] * 1e3:.2f} ms per image scored, {c['round']:.2f} s per round; R² "
               f"{res['r2_cost_model']:.3f} over G, N, |M|, |Λ| each varied around "
               f"{', '.join(f'{k} = {x}' for k, x in res['cost_model_base'].items())} (`perf.png`).", "",
-              "| G | N | \|M\| | \|Λ\| | rollout NFE | train NFE | images | measured s | predicted s |",
+              "| G | N | \\|M\\| | \\|Λ\\| | rollout NFE | train NFE | images | measured s | predicted s |",
               "|---|---|---|---|---|---|---|---|---|"]
     for q in res["cost_model_points"]:
         lines.append(f"| {q['G']} | {q['N']} | {q['M']} | {q['L']} | {q['nfe_rollout']} | {q['nfe_train']} | "
