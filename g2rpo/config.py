@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .ema import EMAConfig
+from .models.lora import LORA_PRESETS
 from .schedules import TimestepConvention, flow_match_sigmas, shifted_sigmas
 
 
@@ -71,8 +72,6 @@ class SharedConfig:
     """torch.compile the rollout forwards (``FlowPolicy.compiled``); speed, not results (fp32 rounding apart)."""
 
     def __post_init__(self):
-        from .models.lora import LORA_PRESETS
-
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.lora and self.lora not in LORA_PRESETS:

@@ -64,6 +64,7 @@ class DataParallel:
         ``single_transformer_blocks``, then the root); a transformer already sharded is left alone."""
         if not self.sharded:
             return
+        # not at the top: only FSDP needs them; fsdp takes ~0.6 s to import and torch builds without distributed lack it
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import FSDPModule, fully_shard
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -15,6 +16,8 @@ from .distributed import DataParallel
 from .ema import EMA
 from .loss import ppo_clip_loss
 from .method import Method, Transitions, nfe_per_round
+from .models.lora import LORA_PRESETS, add_lora, has_lora
+from .models.precision import enable_memory_savers
 from .policy import Cond, FlowPolicy, TextEncoder, warm_up
 from .rewards import Reward
 from .schedules import TimestepConvention
@@ -80,11 +83,8 @@ def apply_model_settings(policy: FlowPolicy, settings: dict) -> FlowPolicy:
         policy.timestep_convention = TimestepConvention(settings["timestep_convention"])
     if "precision" in settings:
         policy.precision = settings["precision"]
-    if settings.get("lora"):
-        from .models.lora import LORA_PRESETS, add_lora, has_lora
-
-        if not has_lora(policy):  # a policy given with its adapter keeps it
-            add_lora(policy, **LORA_PRESETS[settings["lora"]])
+    if settings.get("lora") and not has_lora(policy):  # a policy given with its adapter keeps it
+        add_lora(policy, **LORA_PRESETS[settings["lora"]])
     return policy
 
 
@@ -94,8 +94,6 @@ def trained_meta(method: Method, shared: SharedConfig, rounds: int, variant: str
     it, ``Tier.settings``; model settings) and to split in- from out-of-domain rewards, and what benchmarks.collect
     needs to place it in a table (method, variant, seed, knobs, cost). Written by the benchmark runner and by
     g2rpo.train alike."""
-    import dataclasses
-
     return {"tier": shared.model, "tier_settings": dict(tier_settings or {}), "method": method.name, "variant": variant,
             "seed": shared.seed, "rounds": rounds,
             "in_domain": shared.rewards, "settings": model_settings(shared, method),
@@ -111,8 +109,6 @@ def prepare(policy: FlowPolicy, shared: SharedConfig, method: Method | None = No
     apply_model_settings(policy, model_settings(shared, method))
     policy.compiled = shared.compile
     if shared.gradient_checkpointing:
-        from .models.precision import enable_memory_savers
-
         enable_memory_savers(policy, True)
     return policy
 
