@@ -1,8 +1,26 @@
-"""What every method provides to the shared loop, and the data that flows between them.
+"""The method contract: what a method provides to the shared loop (``g2rpo.loop``), and the data between them.
 
-A method says where noise goes (``rollout``), how rewards become advantages (``advantages``) and
-which transitions are trained in which optimizer steps (``update_groups``). The loop in
-``g2rpo.loop`` does everything else the same way for every method.
+A method is a ``Method`` subclass; the loop does everything else (prompts, rewards, the PPO update, logging,
+checkpoints, data parallelism) the same way for every method, which is what makes the comparison fair.
+
+Must provide:
+  ``rollout``          where noise goes: a round's ``Rollout`` (images, trainable ``Transitions``, their ``Layout``).
+  ``advantages``       rewards -> ``transitions.adv`` (and ``mask``).
+  ``update_groups``    which transitions are trained, and the rows of each optimizer step.
+  ``cost``             model evaluations and reward calls per prompt and round, from the config alone.
+  ``optimizer_steps``  optimizer steps of a round with every sample trained.
+May override: ``setup``, ``validate``, ``lora``, ``extra_loss``, ``loss_weight``, ``state_dict``/``load_state_dict``
+(defaults: nothing, the shared checks, the shared LoRA, no extra loss, weight 1, no state of its own).
+
+Its config inherits ``g2rpo.config.MethodConfig`` (clip_range, adv_clip_max, optim, ema), overriding only defaults
+its official code sets differently; ``Method(cfg)`` keeps it (default ``config_class()``), and its ``asdict`` is the
+knobs every run records, so field names stay the official flags'.
+
+Rows and images are prompt-major (``Layout``) and ``rollout`` takes its noise only from ``init_noise`` and
+``noise``, so a process holding a slice of the round's prompts holds one contiguous block of rows and draws the noise
+one process would draw for them. ``advantages`` and ``update_groups`` run on the distributed global view
+(``DataParallel.global_view``): the whole round's layout, rewards, ``image_prompt`` and the rows' ``prompt``, ``k``,
+``log_prob_old`` and ``mask``, but no latents or images; they must read nothing else.
 """
 from __future__ import annotations
 
