@@ -6,7 +6,7 @@ policy is scored by ``python -m eval.evaluate``; this gathers those evaluation f
     python -m benchmarks.collect results/eval/base results/eval/g2rpo-seed0 results/eval/g2rpo-seed1 ... --out results/paper
 
 A folder's ``metadata.jsonl`` names the checkpoint it scored; the checkpoint's sidecar (written by
-``g2rpo.train --save`` and by the runner) gives method, variant, seed, rewards trained on and cost; ``scores.csv``
+``benchmarks.train --save`` and by the runner) gives method, variant, seed, rewards trained on and cost; ``scores.csv``
 gives the per-image scores. Writes Table 1 (mean ± std over seeds, NFE per round and in total; wall-clock is not
 known here), the paired comparison with the base model when a base evaluation is among the folders, the G²RPO
 ablation tables when their variants are, and a README stating the command. Folders that were not evaluated alike
@@ -27,10 +27,11 @@ import pandas as pd
 
 from g2rpo.errors import one_line
 from g2rpo.files import write_text
+from g2rpo.tracking import flatten
 
 from .plan import BASE
 from .render import write_all
-from .table import ablation_table, headers, main_table, paired_from_scores
+from .table import headers, main_table, paired_from_scores, rank, sweep_tables
 
 ALIKE = ("prompt", "seed", "steps", "shift", "image_index", "tier")
 """metadata.jsonl fields every folder must share, image by image, for its scores to compare."""
@@ -38,11 +39,6 @@ ALIKE = ("prompt", "seed", "steps", "shift", "image_index", "tier")
 
 class CollectError(ValueError):
     """Evaluations that cannot be put in one table; reported as one line, exit code 2."""
-
-
-def _knob(knobs: dict, name: str) -> str:
-    v = knobs.get(name, "")
-    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 def trained_with(side: dict) -> dict:
@@ -99,11 +95,10 @@ def read_evaluation(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dic
         raise CollectError(f"{folder}: {e}") from None
     except KeyError as e:
         raise CollectError(f"{folder}: the sidecar of {path} has no {e.args[0]!r}; it predates benchmarks.collect: "
-                           "save the model again with g2rpo.train --save") from None
+                           "save the model again with benchmarks.train --save") from None
     knobs = side.get("knobs", {})
     return (row | info | {"nfe_per_round": nfe, "cost/total_nfe": nfe * int(side["rounds"]),
-                          "nfe_per_round_official": float(side.get("nfe_per_round_official", nfe)),
-                          "granular_list": _knob(knobs, "granular_list"), "eta_step_list": _knob(knobs, "eta_step_list")},
+                          "nfe_per_round_official": float(side.get("nfe_per_round_official", nfe))} | flatten(knobs, "knobs."),
             scores, meta, trained_with(side))
 
 
@@ -140,10 +135,8 @@ def collect(folders: list[Path]) -> tuple[pd.DataFrame, dict[str, list[pd.DataFr
 
 
 def build(folders: list[Path], out: Path, command: str) -> list[Path]:
-    from .table import ORDER
-
     df, scores, ind, ood = collect(folders)
-    df["order"] = df.method.map(lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
+    df["order"] = df.method.map(rank)
     df = df.sort_values(["order", "variant", "seed"]).reset_index(drop=True)
     stats = sorted(c[len("eval/"):] for c in df.columns if c.startswith("eval/stat/"))
     cols = {c: h for c, h in headers(ind, ood, stats).items() if c in df}
@@ -151,12 +144,7 @@ def build(folders: list[Path], out: Path, command: str) -> list[Path]:
     files = main_table(df, cols, out)
     files += paired_from_scores(dict(sorted(scores.items(), key=lambda kv: df.order[df.method == kv[0]].iloc[0])),
                                 ind, ood, out)
-    if "granular_list" in df:
-        g = df.fillna({"granular_list": "", "eta_step_list": ""})
-        files += ablation_table(g, cols, out, "granular_list", "eta_step_list", "table2_granularity",
-                                "Table 2. Granularity set Λ (G²RPO)", "Λ")
-        files += ablation_table(g, cols, out, "eta_step_list", "granular_list", "table_eta_steps",
-                                "Noise-injection steps M (G²RPO; not in the paper)", "M")
+    files += sweep_tables(df, cols, out)
     seeds = df[df.method != BASE].groupby(["method", "variant"]).seed.nunique()
     lines = ["# Benchmark results collected from separate evaluations", "", "Made by:", "", "```bash", command, "```", "",
              f"- training seeds per row: {', '.join(sorted(set(map(str, seeds.values))))}; in-domain rewards: "

@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -17,12 +18,13 @@ from tqdm import tqdm
 from eval.generate import prompt_scores, save_png
 from eval.stats import noise_floor
 from g2rpo.checkpoint import save_policy
-from g2rpo.files import alive, atomic, remove_stale
+from g2rpo.files import alive, remove_stale
 from g2rpo.loop import Trainer, trained_meta
 from g2rpo.method import nfe_per_round
 from g2rpo.presets import Preset
 from g2rpo.tiers import Tier
 
+from .driver import Driver
 from .plan import BASE, RunSpec
 from g2rpo.recorder import Recorder
 from g2rpo.tracking import flatten, git_commit
@@ -98,16 +100,10 @@ def run_key(spec: RunSpec, p: Preset, extra_steps: list[int], commit: str) -> st
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic(path) as tmp:
-        torch.save(state, tmp)
-
-
 def execute_one(spec: RunSpec, p: Preset, tier: Tier, extra_steps: list[int], tags: dict, ckpt: Path, rec: Recorder,
                 parent: str, resume_run_id: str | None = None) -> dict:
     """Train and evaluate one run; after every round its state is checkpointed to ``ckpt`` (atomically), and with
-    ``resume_run_id`` the run continues that MLflow run from its last checkpoint."""
+    ``resume_run_id`` the run continues that MLflow run from its last checkpoint (a ``g2rpo.train_state`` folder)."""
     shared = dataclasses.replace(p.shared, seed=spec.seed, rounds=spec.rounds)
     policy = tier.make_policy()
     method = None if spec.method == BASE else spec.build(p)
@@ -130,50 +126,42 @@ def execute_one(spec: RunSpec, p: Preset, tier: Tier, extra_steps: list[int], ta
         rec.end(local, "FAILED")
         raise
     rec.end(local)
-    ckpt.unlink(missing_ok=True)  # the run is complete in MLflow (or in the local spool)
+    shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete in MLflow (or in the local spool)
     return {"run_id": rec.run_id(local), **res}
 
 
 def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt, rec, local, resuming) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        state = torch.load(ckpt, weights_only=True) if resuming and ckpt.exists() else None
-        t0, cum_nfe, done_train_s, curve_s = time.perf_counter(), 0, 0.0, 0.0
         every = p.eval.curve_every
-
-        def log_curve(step: int) -> None:  # a curve point; its seconds are not training time
-            nonlocal curve_s
-            tc = time.perf_counter()
-            rec.metrics(local, curve_point(trainer, p, tier, shared) | {
-                "curve/cum_nfe": cum_nfe, "curve/wall_s": done_train_s + tc - t0 - curve_s}, step=step)
-            curve_s += time.perf_counter() - tc
-
+        if not resuming:
+            shutil.rmtree(ckpt, ignore_errors=True)  # a state left by an invocation that is not being continued
         if method is not None:
             trainer = Trainer(policy, tier.text, method, tier.rewards, shared, tier.train_prompts)  # reference = base
-            t0 += trainer.compile_s  # compiled once per process: not the training time of the run that came first
-            rec.metrics(local, {"time/compile_s": trainer.compile_s})
-            if state is not None:
-                trainer.load_state_dict(state)
-                cum_nfe, done_train_s = state["cum_nfe"], state["train_s"]
-            bar = tqdm(range(trainer.round_idx, spec.rounds), desc=f"{spec.method}:{spec.variant}:seed{spec.seed}",
-                       initial=trainer.round_idx, total=spec.rounds, leave=False)
+            rec.metrics(local, {"time/compile_s": trainer.compile_s})  # once per process: not this run's training
+            drv = Driver(trainer, ckpt)
+            drv.resume()
+
+            def log_curve(step: int) -> None:  # a curve point; the driver does not count its seconds as training
+                rec.metrics(local, drv.paused(lambda: curve_point(trainer, p, tier, shared)) | {
+                    "curve/cum_nfe": drv.cum_nfe, "curve/wall_s": drv.elapsed()}, step=step)
+
+            bar = tqdm(total=spec.rounds, initial=trainer.round_idx, desc=f"{spec.method}:{spec.variant}:seed{spec.seed}",
+                       leave=False)
             first = next(iter(shared.rewards))
-            for r in bar:
-                if every and r % every == 0:  # the point before round r
-                    log_curve(r)
-                m = trainer.step()
-                cum_nfe += m["nfe_rollout"] + m["nfe_train"] + m["nfe_reference"]
+            for m in drv.rounds(spec.rounds, before=lambda r: log_curve(r) if every and r % every == 0 else None):
                 metrics = {f"train/{k}": float(v) for k, v in m.items() if k != "round"}
-                train_s = done_train_s + time.perf_counter() - t0 - curve_s
-                rec.metrics(local, metrics | {"train/cum_nfe": cum_nfe, "train/wall_s": train_s}, step=r)
-                save_checkpoint(ckpt, trainer.state_dict() | {"cum_nfe": cum_nfe, "train_s": train_s})
+                rec.metrics(local, metrics | {"train/cum_nfe": drv.cum_nfe, "train/wall_s": drv.elapsed()}, step=m["round"])
+                bar.update()
                 bar.set_postfix({first: f"{m[f'reward/{first}']:.4f}"})
+            bar.close()
             if every:  # the last point: the model the tables score
                 log_curve(spec.rounds)
-        elif every:  # curve time, not training time, like every curve point
-            tc = time.perf_counter()
-            rec.metrics(local, curve_noise_floor(policy, p, tier, shared))
-            curve_s += time.perf_counter() - tc
-        t_train = time.perf_counter() - t0 - curve_s
+            t_train, cum_nfe = drv.elapsed(), drv.cum_nfe
+        else:
+            if every:  # curve time, not training time, like every curve point
+                rec.metrics(local, curve_noise_floor(policy, p, tier, shared))
+            t_train, cum_nfe = 0.0, 0
+        te = time.perf_counter()
         policy.eval()
         # the weights a method evaluates: Flow-GRPO's EMA, the live ones otherwise
         with trainer.evaluation_weights() if method is not None else contextlib.nullcontext():
@@ -184,8 +172,7 @@ def _train_and_evaluate(spec, p, tier, extra_steps, shared, policy, method, ckpt
                 rec.tags(local, {"checkpoint": str(model)})
             res = evaluate(policy, p, tier, extra_steps, Path(tmp), lambda path, folder: rec.artifact(local, path, folder),
                            noise_floor=method is None)
-        res |= {"time/train_s": done_train_s + t_train, "time/eval_s": time.perf_counter() - t0 - t_train - curve_s,
-                "cost/total_nfe": cum_nfe}
+        res |= {"time/train_s": t_train, "time/eval_s": time.perf_counter() - te, "cost/total_nfe": cum_nfe}
         rec.metrics(local, res)
     return res
 
@@ -250,7 +237,7 @@ def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: l
             if old is not None and old.info.status == "FINISHED":
                 continue
             try:
-                res = execute_one(spec, p, tier, extra_steps, tags | {"run_key": key}, out / "checkpoints" / f"{key}.pt",
+                res = execute_one(spec, p, tier, extra_steps, tags | {"run_key": key}, out / "checkpoints" / key,
                                   rec, "parent", old.info.run_id if old is not None else None)
             except (FloatingPointError, ValueError, RuntimeError) as e:
                 raise RunFailed(f"{spec.method}:{spec.variant} seed {spec.seed} failed: {e}. The {i} runs finished before "

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
+import types
+import typing
 from dataclasses import dataclass, field
 
 from g2rpo.config import int_list
 from g2rpo.method import Method, nfe_per_round
 from g2rpo.presets import Preset
-from g2rpo.registry import METHODS, make_method
+from g2rpo.registry import METHODS, entry, make_method
 
 BASE = "base"
 """The untrained base model, evaluated once as a row of every table."""
@@ -23,11 +26,11 @@ class RunSpec:
 
     method: str
     variant: str
-    """'default', or the ablated knob, e.g. 'granular_list=1,3'."""
+    """'default', or the swept knob and its value, e.g. 'granular_list=1,3' (``Sweep``)."""
     seed: int
     rounds: int
     overrides: dict = field(default_factory=dict)
-    """Knobs set on top of the preset's (ablations)."""
+    """Knobs set on top of the preset's (a sweep's value, typed)."""
     lr: float | None = None
     """Learning rate for this run instead of the preset's (--lr); weight decay and clipping stay."""
 
@@ -35,23 +38,84 @@ class RunSpec:
         return make_method(self.method, preset.knobs, self.lr, **self.overrides)
 
 
-def parse_int_sets(text: str, flag: str) -> list[tuple[int, ...]]:
-    """'1;1,2;0-3' -> [(1,), (1, 2), (0, 1, 2, 3)]: sets of ``int_list`` separated by ';'. Rejects junk, duplicates
-    and empty sets."""
-    sets = []
-    for part in text.split(";"):
-        if not part.strip():
-            raise PlanError(f"{flag}: empty set in {text!r}")
-        try:
-            sets.append(int_list(part))
-        except ValueError as e:
-            raise PlanError(f"{flag}: {e}") from None
-    return sets
+def parse_value(tp, text: str, where: str):
+    """``text`` as a value of the type ``tp`` a config field declares: int, float, str, bool, an Enum, a tuple of ints
+    (``int_list``: '1,2' or '0-3'), or any of these ``| None`` ('none'). PlanError, one line, for anything else."""
+    text = text.strip()
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if type(None) in args and text.lower() == "none":
+            return None
+        rest = [t for t in args if t is not type(None)]
+        if len(rest) == 1:
+            return parse_value(rest[0], text, where)
+    try:
+        if typing.get_origin(tp) is tuple and args == (int, ...):
+            if not text:
+                raise ValueError("empty set")
+            return int_list(text)
+        if tp is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"expected true or false, got {text!r}")
+            return text.lower() in ("true", "1")
+        if tp in (int, float, str) or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
+            return tp(text)
+    except ValueError as e:
+        raise PlanError(f"{where}: {e}") from None
+    raise PlanError(f"{where}: a knob of type {getattr(tp, '__name__', tp)} cannot be set from the command line")
+
+
+def shown(value) -> str:
+    """A knob's value as a variant tag shows it: '1,2' for a tuple, 'none', an Enum's value."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value.value if isinstance(value, enum.Enum) else value)
+
+
+def parse_knob(method: str, knob: str, text: str, flag: str):
+    """One knob of a registered method from the command line, typed by its config's field."""
+    try:
+        e = entry(method)
+    except KeyError as err:
+        raise PlanError(f"{flag}: {err.args[0]}") from None
+    hints = typing.get_type_hints(e.config)
+    if knob not in hints:
+        raise PlanError(f"{flag}: {method} has no knob {knob!r}; its knobs: {', '.join(hints)}")
+    if knob in e.fixed:
+        raise PlanError(f"{flag}: {method} fixes {knob} = {shown(e.fixed[knob])}")
+    return parse_value(hints[knob], text, f"{flag} {method}.{knob}")
+
+
+@dataclass
+class Sweep:
+    """One knob of one method at several values, the other knobs at the preset's: one variant per value."""
+
+    method: str
+    knob: str
+    values: list
+
+    def variants(self) -> list[tuple[str, dict]]:
+        return [(f"{self.knob}={shown(v)}", {self.knob: v}) for v in self.values]
+
+
+def parse_sweep(text: str, flag: str = "--sweep") -> Sweep:
+    """'g2rpo.granular_list=1;1,2;1,2,3' -> Sweep('g2rpo', 'granular_list', [(1,), (1, 2), (1, 2, 3)])."""
+    target, sep, values = text.partition("=")
+    method, dot, knob = target.strip().rpartition(".")
+    if not sep or not dot or not method or not knob:
+        raise PlanError(f"{flag}: expected METHOD.KNOB=V1;V2;..., got {text!r}")
+    parts = values.split(";")
+    if any(not v.strip() for v in parts):
+        raise PlanError(f"{flag}: empty value in {text!r}")
+    return Sweep(method, knob, [parse_knob(method, knob, v, flag) for v in parts])
+
+
+ALIASES = {"--granular-sets": "g2rpo.granular_list", "--eta-step-sets": "g2rpo.eta_step_list"}
+"""The paper's ablations, one flag away: ``--granular-sets 1;1,2`` is ``--sweep g2rpo.granular_list=1;1,2``."""
 
 
 def make_plan(preset: Preset, methods: list[str], seeds: int, rounds: int, budget: str,
-              granular_sets: list[tuple[int, ...]], eta_step_sets: list[tuple[int, ...]],
-              lr: float | None = None) -> list[RunSpec]:
+              sweeps: list[Sweep] = (), lr: float | None = None) -> list[RunSpec]:
     if not methods:
         raise PlanError("--methods is empty; choose from " + ", ".join(METHODS))
     unknown = [m for m in methods if m not in METHODS]
@@ -64,8 +128,7 @@ def make_plan(preset: Preset, methods: list[str], seeds: int, rounds: int, budge
     if budget not in ("rounds", "nfe"):
         raise PlanError(f"--budget must be 'rounds' or 'nfe', got {budget!r}")
     variants = [(m, "default", {}) for m in dict.fromkeys(methods)]
-    variants += [("g2rpo", "granular_list=" + ",".join(map(str, s)), {"granular_list": s}) for s in granular_sets]
-    variants += [("g2rpo", "eta_step_list=" + ",".join(map(str, s)), {"eta_step_list": s}) for s in eta_step_sets]
+    variants += [(sw.method, tag, over) for sw in sweeps for tag, over in sw.variants()]
     shared = dataclasses.replace(preset.shared, rounds=rounds)
     planned, seen = [], set()
     for name, variant, over in variants:

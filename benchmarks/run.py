@@ -19,21 +19,25 @@ from pathlib import Path
 from g2rpo.presets import PRESETS, Preset, preset as get_preset
 from g2rpo.registry import METHODS
 
-from .plan import PlanError, RunSpec, describe, make_plan, parse_int_sets
-
-DEFAULT_METHODS = "g2rpo,g2rpo-wo-mgai,flowgrpo,dancegrpo,mixgrpo"
+from .plan import ALIASES, PlanError, RunSpec, describe, make_plan, parse_sweep
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")
+    ap.add_argument("--methods", default="all", help=f"comma-separated, from {', '.join(METHODS)}; 'all' (default): "
+                    "every registered method")
     ap.add_argument("--preset", default="pocket", help=f"one of {', '.join(sorted(PRESETS))}")
     ap.add_argument("--seeds", type=int, help="training seeds per (method, variant); default from the preset")
     ap.add_argument("--rounds", type=int, help="training rounds (under --budget nfe: of the first method)")
     ap.add_argument("--out", type=Path, help="output folder (default results/<preset>)")
     ap.add_argument("--tracking-uri", help="MLflow store (default: sqlite inside --out)")
-    ap.add_argument("--granular-sets", default="", help='G2RPO Lambda ablation, e.g. "1;1,2;1,3;1,2,3"')
-    ap.add_argument("--eta-step-sets", default="", help='G2RPO noise-step ablation, e.g. "0-3;0-7;4-7"')
+    ap.add_argument("--sweep", action="append", default=[], metavar="METHOD.KNOB=V1;V2",
+                    help='one knob of one method at several values, one variant each (repeatable), e.g. '
+                         '"dancegrpo.eta=0.3;0.5", "mixgrpo.window_size=2;4"')
+    ap.add_argument("--granular-sets", default="", help='G2RPO Lambda ablation, e.g. "1;1,2;1,3;1,2,3" '
+                    '(= --sweep "g2rpo.granular_list=...")')
+    ap.add_argument("--eta-step-sets", default="", help='G2RPO noise-step ablation, e.g. "0-3;0-7;4-7" '
+                    '(= --sweep "g2rpo.eta_step_list=...")')
     ap.add_argument("--inference-steps", default="", help="extra evaluation step counts, e.g. 10,20")
     ap.add_argument("--budget", default="rounds", help="rounds (equal rounds) or nfe (equal model evaluations)")
     ap.add_argument("--lr", type=float, help="one learning rate for every method instead of the preset's")
@@ -50,9 +54,10 @@ def resolve(a) -> tuple[Preset, list[RunSpec], list[int]]:
     p = get_preset(a.preset)
     if a.compile is not None:
         p = dataclasses.replace(p, shared=dataclasses.replace(p.shared, compile=a.compile))
-    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    sets = {f: parse_int_sets(v, "--" + f.replace("_", "-")) if v.strip() else []
-            for f, v in (("granular_sets", a.granular_sets), ("eta_step_sets", a.eta_step_sets))}
+    methods = list(METHODS) if a.methods.strip() == "all" else [m.strip() for m in a.methods.split(",") if m.strip()]
+    aliased = [(flag, f"{target}={getattr(a, flag[2:].replace('-', '_'))}") for flag, target in ALIASES.items()
+               if getattr(a, flag[2:].replace("-", "_")).strip()]
+    sweeps = [parse_sweep(text, flag) for flag, text in aliased + [("--sweep", t) for t in a.sweep]]
     try:
         steps = [int(s) for s in a.inference_steps.split(",") if s.strip()]
     except ValueError:
@@ -63,8 +68,7 @@ def resolve(a) -> tuple[Preset, list[RunSpec], list[int]]:
         raise PlanError("--threads must be >= 1")
     seeds = p.seeds if a.seeds is None else a.seeds
     rounds = p.shared.rounds if a.rounds is None else a.rounds
-    runs = make_plan(p, methods, seeds, rounds, a.budget,
-                     sets["granular_sets"], sets["eta_step_sets"], a.lr)
+    runs = make_plan(p, methods, seeds, rounds, a.budget, sweeps, a.lr)
     return p, runs, steps
 
 

@@ -16,14 +16,30 @@ import pandas as pd
 
 from g2rpo.files import atomic, write_text
 
+from g2rpo.registry import METHODS, table_order
+
 from .plan import BASE
 from .publish import fetch_published, publish
 from .render import bootstrap_ci, formatted, summarise, write_all, write_table
 from g2rpo.tracking import shown_uri
 
-NAMES = {BASE: "Base model", "dancegrpo": "DanceGRPO", "mixgrpo": "MixGRPO", "flowgrpo": "Flow-GRPO",
-         "g2rpo-wo-mgai": "G²RPO w/o MGAI", "g2rpo": "G²RPO"}
-ORDER = list(NAMES)
+
+
+def names() -> dict[str, str]:
+    """Method -> its name in tables, in table order: the base model, then every registered method
+    (``g2rpo.registry.table_order``)."""
+    return {BASE: "Base model"} | {n: METHODS[n].title for n in table_order()}
+
+
+def title(method: str) -> str:
+    return names().get(method, method)
+
+
+def rank(method: str) -> int:
+    """Row position of a method in tables; a method no longer registered goes last."""
+    order = list(names())
+    return order.index(method) if method in order else len(order)
+
 STD_NOTE = ("Cells: mean ± sample std (ddof 1) over training seeds (n). The base model is deterministic: one "
             "evaluation. NFE: model evaluations, a training forward+backward counted as one; per round = all "
             "prompts of a round.")
@@ -78,19 +94,18 @@ def load_runs(client, exp_id: str, parent_run_id: str | None):
     rows = []
     for r in children:
         row = {"run_id": r.info.run_id, "method": r.data.tags["method"], "variant": r.data.tags["variant"],
-               "seed": int(r.data.tags["seed"]), "granular_list": r.data.params.get("knobs.granular_list", ""),
-               "eta_step_list": r.data.params.get("knobs.eta_step_list", ""),
+               "seed": int(r.data.tags["seed"]),
                "nfe_per_round": float(r.data.params.get("cost.nfe_per_round", "nan")),
                # the official loop's count (recorded since it differs for G2RPO); earlier runs: ours
                "nfe_per_round_official": float(r.data.params.get("cost.nfe_per_round_official",
                                                                  r.data.params.get("cost.nfe_per_round", "nan"))),
                "rounds": int(r.data.params.get("rounds", 0)),
                "weights": "ema" if "knobs.ema.decay" in r.data.params else "live"}
-        rows.append(row | dict(r.data.metrics))
+        rows.append(row | {k: v for k, v in r.data.params.items() if k.startswith("knobs.")} | dict(r.data.metrics))
     if not rows:
         return parent, pd.DataFrame()
     df = pd.DataFrame(rows)
-    df["order"] = df["method"].map(lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
+    df["order"] = df["method"].map(rank)
     df = df.sort_values(["order", "variant", "seed"]).reset_index(drop=True)
     params = {r.info.run_id: r.data.params for r in children}
     refuse_incomparable({f"{r.method}:{r.variant}:seed{r.seed} ({r.run_id})": comparable_params(params[r.run_id])
@@ -114,7 +129,7 @@ def main_table(df, cols, out, signal: pd.DataFrame | None = None) -> list[Path]:
     d = df[df.variant == "default"].copy()
     if signal is not None and not signal.empty:
         d = d.merge(signal[["method", "seed", "signal_wall_s"]], on=["method", "seed"], how="left")
-    d["Method"] = d.method.map(lambda m: NAMES.get(m, m))
+    d["Method"] = d.method.map(title)
     cost = {k: v for k, v in {"nfe_per_round": "NFE/round", "nfe_per_round_official": "NFE/round (official)",
                               "cost/total_nfe": "total NFE", "time/train_s": "train s",
                               "signal_wall_s": "s to signal"}.items() if k in d}
@@ -143,25 +158,50 @@ def ema_note(df) -> str:
     """Which rows score an EMA of the weights (as Flow-GRPO's official evaluation) rather than the live weights."""
     if "weights" not in df:
         return ""
-    ema = sorted(set(df.loc[df.weights == "ema", "method"]), key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
-    return f" {', '.join(NAMES.get(m, m) for m in ema)}: scores of the EMA of the weights (g2rpo.ema), as its official " \
+    ema = sorted(set(df.loc[df.weights == "ema", "method"]), key=rank)
+    return f" {', '.join(title(m) for m in ema)}: scores of the EMA of the weights (g2rpo.ema), as its official " \
            "evaluation; the other rows: the weights after the last round." if ema else ""
 
 
-def ablation_table(df, cols, out, field, other, stem, title, label) -> list[Path]:
-    """G2RPO-family runs that share the default's ``other`` knob, grouped by ``field``."""
-    fam = df[df.method.isin(["g2rpo", "g2rpo-wo-mgai"])]
-    default = fam[(fam.method == "g2rpo") & (fam.variant == "default")]
-    if default.empty:
-        return []
-    fam = fam[fam[other] == default[other].iloc[0]]
-    if fam[field].nunique() < 2:
-        return []
-    fam = fam.assign(**{label: fam[field].map(lambda v: "{" + v + "}")})
-    fam = fam.assign(_n=fam[field].str.count(",")).sort_values(["_n", field])
-    s = summarise(fam, [label], list(cols))
-    note = f"G²RPO with {other} = {{{default[other].iloc[0]}}}. " + STD_NOTE
-    return write_table(formatted(s, [label], cols), s, out, stem, title, note)
+PAPER_SWEEPS = {("g2rpo", "granular_list"): ("table2_granularity", "Table 2. Granularity set Λ (G²RPO)", "Λ"),
+                ("g2rpo", "eta_step_list"): ("table_eta_steps", "Noise-injection steps M (G²RPO; not in the paper)", "M")}
+"""The paper's ablations keep their file names, titles and set notation; any other swept knob gets
+``table_sweep_<method>_<knob>``."""
+
+
+def family(method: str) -> str:
+    return METHODS[method].family if method in METHODS else method
+
+
+def sweep_tables(df, cols, out) -> list[Path]:
+    """One table per knob in which runs of one family differ: for the family's own method (name = family), its default
+    run and every run of the family that differs from it in that knob alone (its sweep's variants; a member that fixes
+    the knob, as G²RPO w/o MGAI fixes Λ = {1}), one row per value. Knobs are compared as recorded (``knobs.*``)."""
+    knobs = [c for c in df.columns if c.startswith("knobs.")]
+    files = []
+    for m in [m for m in dict.fromkeys(df.method) if family(m) == m]:
+        default = df[(df.method == m) & (df.variant == "default")]
+        if default.empty:
+            continue
+        fam = df[df.method.map(family) == m][knobs].fillna("")
+        ref = fam.loc[default.index[0]]
+        for k in [k for k in knobs if fam[k].nunique() > 1]:
+            rows = df.loc[fam.index[(fam.drop(columns=k) == ref.drop(k)).all(axis=1)]]
+            if rows[k].nunique() < 2:
+                continue
+            knob = k[len("knobs."):]
+            stem, head, label = PAPER_SWEEPS.get((m, knob), (f"table_sweep_{m}_{knob.replace('.', '_')}",
+                                                             f"Sweep of {knob} ({title(m)})", knob))
+            sets = (m, knob) in PAPER_SWEEPS
+            rows = rows.assign(**{label: rows[k].map(lambda v: "{" + v + "}" if sets else v)})
+            rows = rows.assign(_n=rows[k].str.count(","), _v=pd.to_numeric(rows[k], errors="coerce"))
+            rows = rows.sort_values(["_n", "_v", k])
+            s = summarise(rows, [label], list(cols))
+            others = [o for (fm, o) in PAPER_SWEEPS if fm == m and o != knob]
+            note = (f"{title(m)} with {others[0]} = {{{ref['knobs.' + others[0]]}}}. " if sets and others else
+                    f"{title(m)}, every other knob as its default run. ")
+            files += write_table(formatted(s, [label], cols), s, out, stem, head, note + STD_NOTE)
+    return files
 
 
 def steps_table(df, ind, ood, stats, steps: list[int], main_steps: int, out) -> list[Path]:
@@ -173,7 +213,7 @@ def steps_table(df, ind, ood, stats, steps: list[int], main_steps: int, out) -> 
         prefix = "eval/" if n == main_steps else f"eval_{n}steps/"
         cols = headers(ind, ood, stats, prefix)
         part = d[["method"] + [c for c in cols if c in d]].rename(columns=cols)
-        frames.append(part.assign(Steps=n, Method=part.method.map(lambda m: NAMES.get(m, m))))
+        frames.append(part.assign(Steps=n, Method=part.method.map(title)))
     allsteps = pd.concat(frames)
     names = list(headers(ind, ood, stats, "").values())
     s = summarise(allsteps, ["Steps", "Method"], names)
@@ -196,10 +236,10 @@ def precision_tables(client, df, scores, ind, ood, main_steps, out) -> list[Path
     from . import precision
 
     gaps = [f"gap/{m}" for m in ind if f"gap/{m}" in scores[BASE][0]] if BASE in scores else []
-    files = precision.summary_table(scores, ind + gaps, NAMES, out)
+    files = precision.summary_table(scores, ind + gaps, names(), out)
     for rew in ind:
-        files += precision.improvement_table(scores, rew, NAMES, out)
-    files += precision.guard_table(scores, NAMES, out)
+        files += precision.improvement_table(scores, rew, names(), out)
+    files += precision.guard_table(scores, names(), out)
     base = df[(df.method == BASE)]
     if not base.empty and "eval_noise2/" + ind[0] in df:
         base2 = load_scores(client, base, main_steps, "noise2_")[BASE][0]
@@ -218,7 +258,7 @@ def paired_from_scores(scores: dict[str, list[pd.DataFrame]], ind, ood, out) -> 
         if m == BASE:
             continue
         mean = pd.concat(frames).groupby(level=0).mean(numeric_only=True)
-        row = {"Method": NAMES.get(m, m), "seeds": len(frames), "prompts": len(base)}
+        row = {"Method": title(m), "seeds": len(frames), "prompts": len(base)}
         for rew in ind + ood:
             diff = (mean[rew] - base[rew]).to_numpy()
             lo, hi = bootstrap_ci(diff)
@@ -281,7 +321,7 @@ def curves(client, df, ind, out, cf: pd.DataFrame) -> list[Path]:
             mu, half = band(wide)
             for ax, (x, label) in zip(axes[i], xs):
                 xv = runs.pivot(index="seed", columns="round", values=x).mean().to_numpy()
-                ax.plot(xv, mu, marker=".", label=f"{NAMES.get(m, m)} ({len(wide)} seeds)")
+                ax.plot(xv, mu, marker=".", label=f"{title(m)} ({len(wide)} seeds)")
                 ax.fill_between(xv, mu - half, mu + half, alpha=0.2)
                 ax.set(xlabel=label, ylabel=f"{rew}, {split} prompts")
     axes[0][0].legend(fontsize=8)
@@ -330,7 +370,7 @@ def time_to_signal_table(sf: pd.DataFrame, reward: str, out: Path) -> list[Path]
     shown, raw = [], []
     for m, g in sf.groupby("method", sort=False):
         reached = g.dropna(subset=["signal_wall_s"])
-        row, rec = {"Method": NAMES.get(m, m)}, {"method": m, "reward": reward, "floor": float(g.floor.iloc[0]),
+        row, rec = {"Method": title(m)}, {"method": m, "reward": reward, "floor": float(g.floor.iloc[0]),
                                                   "seeds": len(g), "seeds_reached": len(reached)}
         for k, header, digits in (("wall_s", "training s", 1), ("cum_nfe", "NFE", 0), ("round", "rounds", 1)):
             mu, half = band(reached[[f"signal_{k}"]]) if len(reached) else ([np.nan], [np.nan])
@@ -355,7 +395,7 @@ def equal_nfe_table(cf: pd.DataFrame, ind, out) -> list[Path]:
     budget = float(last.min())
     shown, raw = [], []
     for m, runs in cf.groupby("method", sort=False):
-        row = {"Method": NAMES.get(m, m)}
+        row = {"Method": title(m)}
         rec = {"method": m, "budget_nfe": budget}
         for rew in ind:
             per_seed = [float(np.interp(budget, g.cum_nfe, g[f"heldout/{rew}"])) for _, g in runs.sort_values("round").groupby("seed")]
@@ -393,7 +433,7 @@ def rollout_curves(client, d, ind, out) -> list[Path]:
             vals = pd.DataFrame([v[:n] for v in hist[rew]])
             mu, sd = vals.mean().to_numpy(), vals.std().fillna(0).to_numpy()
             for ax, x in zip(axes[i], (range(n), x_nfe)):
-                ax.plot(x, mu, label=f"{NAMES.get(m, m)} ({len(vals)} seeds)")
+                ax.plot(x, mu, label=f"{title(m)} ({len(vals)} seeds)")
                 ax.fill_between(x, mu - sd, mu + sd, alpha=0.2)
     for i, rew in enumerate(ind):
         axes[i][0].set(xlabel="round", ylabel=f"train reward: {rew}")
@@ -425,7 +465,7 @@ def sample_grid(client, df, out, prompts: list[str]) -> list[Path]:
     if d.empty:
         return []
     tmp = Path(tempfile.mkdtemp())
-    rows = [(NAMES.get(r.method, r.method), Image.open(client.download_artifacts(r.run_id, "samples/row.png", str(tmp / r.run_id))))
+    rows = [(title(r.method), Image.open(client.download_artifacts(r.run_id, "samples/row.png", str(tmp / r.run_id))))
             for r in d.itertuples()]
     k = rows[0][1].width // rows[0][1].height
     fig, axes = plt.subplots(len(rows), k, figsize=(1.6 * k + 1.2, 1.6 * len(rows) + 0.6), squeeze=False)
@@ -467,10 +507,7 @@ def build_tables(uri: str, exp_id: str, out: Path, parent_run_id: str | None = N
     scores = load_scores(client, df, steps[0])
     files += paired_from_scores(scores, ind, ood, out)
     files += precision_tables(client, df, scores, ind, ood, steps[0], out) if ind else []
-    files += ablation_table(df, cols, out, "granular_list", "eta_step_list", "table2_granularity",
-                            "Table 2. Granularity set Λ (G²RPO)", "Λ")
-    files += ablation_table(df, cols, out, "eta_step_list", "granular_list", "table_eta_steps",
-                            "Noise-injection steps M (G²RPO; not in the paper)", "M")
+    files += sweep_tables(df, cols, out)
     files += steps_table(df, ind, ood, stats, steps, steps[0], out)
     files += curves(client, df, ind, out, cf)
     base_scores = df[df.method == BASE]
@@ -503,7 +540,7 @@ def write_readme(parent, df, files, out: Path, uri: str, experiment: str) -> Pat
     lines += [""]
     from .precision import summary_lines
 
-    lines += summary_lines(out, [m for m in t.get("in_domain", "").split(",") if m], NAMES)
+    lines += summary_lines(out, [m for m in t.get("in_domain", "").split(",") if m], names())
     for f in files:
         if f.suffix == ".md":
             lines += [f.read_text(), ""]

@@ -1,7 +1,7 @@
-"""Train one method on one preset: ``python -m g2rpo.train --method g2rpo --preset smoke``.
+"""Train one method on one preset: ``python -m benchmarks.train --method g2rpo --preset smoke``.
 
 The benchmark runner drives many of these; this entry point is for a single run and for checking a config. Under
-``torchrun --nproc_per_node W -m g2rpo.train ...`` the round's prompts are split over W processes
+``torchrun --nproc_per_node W -m benchmarks.train ...`` the round's prompts are split over W processes
 (``g2rpo.distributed``) with the single-process result; rank 0 alone prints and writes. ``--fsdp`` shards the
 weights, gradients and optimizer states over the processes; ``--checkpoint DIR`` saves the full training state after
 every round (one shard per process) and continues from it when the run is started again. ``--mlflow URI`` has rank 0
@@ -19,17 +19,18 @@ from pathlib import Path
 
 import torch
 
-from .config import int_list
-from .ema import EMAConfig
-from .presets import preset
-from .registry import METHODS, make_method
+from g2rpo.checkpoint import save_policy
+from g2rpo.distributed import DataParallel
+from g2rpo.ema import EMAConfig
+from g2rpo.loop import Trainer, trained_meta
+from g2rpo.presets import preset
+from g2rpo.recorder import Recorder
+from g2rpo.registry import METHODS, make_method
+from g2rpo.tiers import load_tier
+from g2rpo.tracking import flatten, git_commit, open_store
 
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return int_list(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+from .driver import Driver
+from .plan import PlanError, parse_knob, shown
 
 
 def main(argv=None) -> int:
@@ -44,8 +45,10 @@ def main(argv=None) -> int:
     ap.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute block activations")
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--seed", type=int)
-    ap.add_argument("--eta-step-list", type=_ints, help="G2RPO noise-injection steps M, e.g. 0,1,2,3")
-    ap.add_argument("--granular-list", type=_ints, help="G2RPO granularities Lambda, e.g. 1,2,3")
+    ap.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                    help="a knob of the method (repeatable), typed by its config, e.g. eta=0.5, granular_list=1,2,3")
+    ap.add_argument("--eta-step-list", help="G2RPO noise-injection steps M, e.g. 0-3 (= --set eta_step_list=...)")
+    ap.add_argument("--granular-list", help="G2RPO granularities Lambda, e.g. 1,2,3 (= --set granular_list=...)")
     ap.add_argument("--ema-update-step-interval", type=int, metavar="N",
                     help="average the weights every N optimizer steps for evaluation and --save (0 = off; Flow-GRPO: 8)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads per process")
@@ -57,7 +60,14 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         p = preset(a.preset)
-        overrides = {k: v for k, v in (("eta_step_list", a.eta_step_list), ("granular_list", a.granular_list)) if v}
+        given = [("--eta-step-list", f"eta_step_list={a.eta_step_list}")] if a.eta_step_list is not None else []
+        given += [("--granular-list", f"granular_list={a.granular_list}")] if a.granular_list is not None else []
+        overrides = {}
+        for flag, text in given + [("--set", t) for t in a.set]:
+            knob, sep, value = text.partition("=")
+            if not sep:
+                raise PlanError(f"{flag}: expected KNOB=VALUE, got {text!r}")
+            overrides[knob.strip()] = parse_knob(a.method, knob.strip(), value, flag)
         method = make_method(a.method, p.knobs, **overrides)
         if a.ema_update_step_interval is not None:
             n = a.ema_update_step_interval
@@ -76,10 +86,6 @@ def main(argv=None) -> int:
     if a.dry_run:
         print(json.dumps(plan, indent=2, default=str))
         return 0
-    from .distributed import DataParallel
-    from .loop import Trainer, trained_meta
-    from .tiers import load_tier
-
     try:  # before any model is loaded: a bad store fails in seconds
         rec = _mlflow_run(a, plan) if a.mlflow and int(os.environ.get("RANK", "0")) == 0 else None
     except RuntimeError as e:
@@ -92,14 +98,13 @@ def main(argv=None) -> int:
         print(f"error: {e.args[0]}; use --dry-run to see the plan", file=sys.stderr)
         return 2
     torch.set_num_threads(a.threads)
-    from .train_state import load_train_state, save_train_state
-
     try:
         dp = DataParallel.from_env(fsdp=a.fsdp)
         rewards = tier.rewards
         rewards = rewards.to(dp.device) if hasattr(rewards, "to") else {n: r.to(dp.device) for n, r in rewards.items()}
         trainer = Trainer(tier.make_policy().to(dp.device), tier.text, method, rewards, shared, tier.train_prompts, dp)
-        resumed = a.checkpoint is not None and load_train_state(trainer, a.checkpoint)
+        drv = Driver(trainer, Path(a.checkpoint) if a.checkpoint else None, dp)
+        resumed = drv.resume()
     except ValueError as e:  # CheckpointError included
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -108,17 +113,13 @@ def main(argv=None) -> int:
                    | {"world": dp.world, "fsdp": dp.sharded, "resumed_at_round": trainer.round_idx if resumed else None}))
     if rec and resumed:
         rec.tags("run", {"resumed_at_round": str(trainer.round_idx)})
-    while trainer.round_idx < shared.rounds:
-        m = trainer.train(rounds=1)[0]
+    for m in drv.rounds(shared.rounds):
         say(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}))
         if rec:
-            rec.metrics("run", {k: v for k, v in m.items() if isinstance(v, (int, float))}, step=m["round"])
-        if a.checkpoint:
-            save_train_state(trainer, a.checkpoint, dp)
+            rec.metrics("run", {k: v for k, v in m.items() if isinstance(v, (int, float))}
+                        | {"cum_nfe": drv.cum_nfe, "wall_s": drv.elapsed()}, step=m["round"])
     if a.save:
-        from .checkpoint import save_policy
-
-        variant = ";".join(f"{k}={','.join(map(str, v))}" for k, v in overrides.items()) or "default"
+        variant = ";".join(f"{k}={shown(v)}" for k, v in overrides.items()) or "default"
         meta = trained_meta(method, shared, trainer.round_idx, variant, tier.settings) | {"preset": a.preset,
                                                                                           "world": dp.world}
         with trainer.evaluation_weights():  # Flow-GRPO saves its EMA; written inside: the state may share storage
@@ -133,13 +134,10 @@ def main(argv=None) -> int:
 
 def _mlflow_run(a, plan: dict):
     """A Recorder with one started run holding the plan as params (rank 0 only); RuntimeError if the store is unusable."""
-    from .recorder import Recorder
-    from .tracking import flatten, git_commit, open_store
-
     experiment = f"g2rpo-train/{a.preset}"
     client, exp_id = open_store(a.mlflow, experiment, None)
     rec = Recorder(client, exp_id, Path(a.checkpoint or ".") / "mlflow-spool.jsonl", experiment)
-    rec.start("run", f"{plan['method']}:{a.preset}", {"commit": git_commit(), "kind": "g2rpo.train",
+    rec.start("run", f"{plan['method']}:{a.preset}", {"commit": git_commit(), "kind": "benchmarks.train",
                                                      "world": os.environ.get("WORLD_SIZE", "1"), "fsdp": str(a.fsdp)})
     rec.params("run", flatten({k: plan[k] for k in ("method", "shared", "shared_digest", "comparable_digest", "knobs")}))
     return rec

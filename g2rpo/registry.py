@@ -1,52 +1,87 @@
 """Method names as they appear in flags and tables -> method objects.
 
-Each name belongs to a family whose knobs a preset sets (``g2rpo-wo-mgai`` takes the ``g2rpo`` knobs,
-then fixes Lambda = {1}).
+Methods register themselves here: the core's own (G2RPO and its ablation) below, every other package in its
+``__init__`` (``baselines/__init__.py`` holds one ``register`` line per baseline), so the core never imports the
+methods built on it. Whoever runs every method (``benchmarks``) imports those packages first.
+
+Each name belongs to a family whose knobs a preset sets (``g2rpo-wo-mgai`` takes the ``g2rpo`` knobs, then fixes
+Lambda = {1}); a preset's ``ALL_FAMILIES`` knobs come first for every family, so a new method trains under the
+preset's shared rules (the pocket learning rate) without a line of its own.
 """
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 
 from .granular import G2RPO, G2RPOConfig
 from .method import Method
 
-
-def _g2rpo(**kw) -> Method:
-    return G2RPO(G2RPOConfig(**kw))
-
-
-def _g2rpo_wo_mgai(**kw) -> Method:
-    m = G2RPO(G2RPOConfig(**(kw | {"granular_list": (1,)})))
-    m.name = "g2rpo-wo-mgai"
-    return m
+ALL_FAMILIES = "*"
+"""Key of a preset's knobs that every method family takes before its own entry."""
 
 
-def _baseline(module: str, cls: str, cfg: str):
-    def make(**kw) -> Method:
-        import importlib
+@dataclass(frozen=True)
+class Entry:
+    """A registered method."""
 
-        mod = importlib.import_module(f"baselines.{module}")
-        return getattr(mod, cls)(getattr(mod, cfg)(**kw))
+    name: str
+    """Its name in ``--methods`` and in every record."""
+    method: type
+    """The ``Method`` subclass, built as ``method(config(**knobs))``."""
+    config: type
+    """Its knobs dataclass (official defaults); a sweep reads each knob's type from it."""
+    title: str
+    """Its name in tables and figures."""
+    family: str
+    """Whose preset knobs it takes (default: its own name)."""
+    fixed: dict = field(default_factory=dict)
+    """Knobs it pins over the preset's and a sweep's (``g2rpo-wo-mgai``: granular_list = (1,))."""
+    order: int = 50
+    """Row position in tables, lower first (baselines 10-30, G2RPO last, as in the paper's tables); ties: registration."""
 
-    return make
+
+METHODS: dict[str, Entry] = {}
 
 
-METHODS = {
-    "g2rpo": ("g2rpo", _g2rpo),
-    "g2rpo-wo-mgai": ("g2rpo", _g2rpo_wo_mgai),
-    "flowgrpo": ("flowgrpo", _baseline("flowgrpo", "FlowGRPO", "FlowGRPOConfig")),
-    "dancegrpo": ("dancegrpo", _baseline("dancegrpo", "DanceGRPO", "DanceGRPOConfig")),
-    "mixgrpo": ("mixgrpo", _baseline("mixgrpo", "MixGRPO", "MixGRPOConfig")),
-}
+def register(name: str, method: type, config: type, title: str, family: str | None = None,
+             fixed: dict | None = None, order: int = 50) -> Entry:
+    """Add a method under ``name``; a name registered twice is an error (two packages claiming one flag)."""
+    if name in METHODS:
+        raise ValueError(f"method {name!r} is registered twice ({METHODS[name].method.__module__} and {method.__module__})")
+    METHODS[name] = Entry(name, method, config, title, family or name, dict(fixed or {}), order)
+    return METHODS[name]
+
+
+register("g2rpo", G2RPO, G2RPOConfig, "G²RPO", order=100)
+register("g2rpo-wo-mgai", G2RPO, G2RPOConfig, "G²RPO w/o MGAI", family="g2rpo", fixed={"granular_list": (1,)}, order=90)
+
+
+def table_order() -> list[str]:
+    """Registered names in the order tables show them."""
+    return sorted(METHODS, key=lambda n: (METHODS[n].order, list(METHODS).index(n)))
+
+
+def entry(name: str) -> Entry:
+    if name not in METHODS:
+        hint = "" if "flowgrpo" in METHODS else " (the baselines register when the package `baselines` is imported)"
+        raise KeyError(f"unknown method {name!r}; choose from {', '.join(METHODS)}{hint}")
+    return METHODS[name]
+
+
+def knobs_for(name: str, preset_knobs: dict | None) -> dict:
+    """The preset's knobs for ``name``'s family: the ``ALL_FAMILIES`` ones, then the family's own."""
+    knobs = preset_knobs or {}
+    return knobs.get(ALL_FAMILIES, {}) | knobs.get(entry(name).family, {})
 
 
 def make_method(name: str, preset_knobs: dict | None = None, lr: float | None = None, **overrides) -> Method:
-    """Build a method by name: official defaults <- the preset's knobs for its family <- explicit overrides; ``lr``
-    (a rate set explicitly: --lr, a sweep) replaces the learning rate of the AdamW settings those give."""
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    family, factory = METHODS[name]
-    knobs = (preset_knobs or {}).get(family, {}) | overrides
+    """Build a method by name: official defaults <- the preset's knobs for its family <- explicit overrides <- the
+    entry's fixed knobs; ``lr`` (a rate set explicitly: --lr, a sweep) replaces the learning rate of the AdamW
+    settings those give."""
+    e = entry(name)
+    knobs = knobs_for(name, preset_knobs) | overrides | e.fixed
     if lr is not None:  # rebuilt with the settings as a knob: a rate given explicitly (Flow-GRPO checks it)
-        knobs |= {"optim": dataclasses.replace(factory(**knobs).optim, lr=lr)}
-    return factory(**knobs)
+        knobs |= {"optim": dataclasses.replace(e.method(e.config(**knobs)).optim, lr=lr)}
+    m = e.method(e.config(**knobs))
+    m.name = name
+    return m

@@ -1,11 +1,14 @@
-"""The full training state on disk for ``python -m g2rpo.train --checkpoint DIR``, sharded under FSDP.
+"""The training state on disk: the one format both entry points write (``python -m benchmarks.train --checkpoint
+DIR`` and the benchmark runner's per-run checkpoints, through ``benchmarks.driver``), sharded under FSDP.
 
 Each save is a torch.distributed.checkpoint folder ``DIR/round-NNNNNN`` (every rank writes its own shard of the
 weights and optimizer states, keyed by parameter name, so a checkpoint also loads on another world size), and only
 then does rank 0 point ``DIR/latest.json`` at it and remove the older folders: a crash mid-save leaves the previous
 state in use. Randomness needs no state (every stream is keyed by seed, round and prompt), so weights, optimizer,
-the round and optimizer-step counters and the weight average (Flow-GRPO's EMA, sharded as the weights) are
-everything that continuing exactly needs.
+the round and optimizer-step counters, the weight average (Flow-GRPO's EMA, sharded as the weights) and a method's
+own state (``Method.state_dict``) are everything that continuing exactly needs; a caller's ``counters`` (the
+driver's cumulative NFE and training seconds) ride along. The folder's metadata is a pickle (DCP's format): a
+training state is the run's own, for continuing it, never a file to exchange (policies travel as safetensors).
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, so named where caught
 
 from .checkpoint import CheckpointError
 from .distributed import DataParallel
@@ -25,12 +30,9 @@ from .files import write_text
 LATEST = "latest.json"
 
 
-def _state(trainer) -> dict:
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    model, optim = get_state_dict(trainer.policy, trainer.opt)
-    state = {"model": model, "optim": optim, "counters": {"optimizer_steps": torch.tensor(trainer.optimizer_steps)}}
-    return state | ({"ema": trainer.ema.state_dict()} if trainer.ema is not None else {})
+def _state(trainer, counters: dict[str, float]) -> dict:
+    """``Trainer.state_dict`` (the state's one definition) and the caller's counters."""
+    return trainer.state_dict() | {"extra": {k: torch.tensor(float(v), dtype=torch.float64) for k, v in counters.items()}}
 
 
 @contextlib.contextmanager
@@ -46,17 +48,17 @@ def _barrier(dp: DataParallel) -> None:
         torch.distributed.barrier()
 
 
-def save_train_state(trainer, folder: Path, dp: DataParallel) -> Path:
-    """Write the trainer's state after its last round (a collective: every rank calls it)."""
-    import torch.distributed.checkpoint as dcp
-
+def save_train_state(trainer, folder: Path, dp: DataParallel | None = None, counters: dict[str, float] | None = None) -> Path:
+    """Write the trainer's state after its last round (a collective: every rank calls it), with the caller's
+    ``counters`` (numbers, returned by ``load_train_state``)."""
+    dp = dp or DataParallel()
     folder = Path(folder)
     target = folder / f"round-{trainer.round_idx:06d}"
     if dp.main:
         shutil.rmtree(target, ignore_errors=True)  # a dead writer's partial folder of this round
     _barrier(dp)
     with _quiet():
-        dcp.save(_state(trainer), checkpoint_id=str(target))
+        dcp.save(_state(trainer, counters or {}), checkpoint_id=str(target))
     _barrier(dp)
     if dp.main:
         write_text(folder / LATEST, json.dumps({"round": trainer.round_idx, "folder": target.name}) + "\n")
@@ -67,23 +69,21 @@ def save_train_state(trainer, folder: Path, dp: DataParallel) -> Path:
     return target
 
 
-def load_train_state(trainer, folder: Path) -> bool:
-    """Continue ``trainer`` from the latest state under ``folder``; False if there is none yet. Build the trainer on
-    the base model first (Flow-GRPO's KL reference is taken from the policy the trainer was built with)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, so named here
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
+def load_train_state(trainer, folder: Path, counters: dict[str, float] | None = None) -> dict[str, float] | None:
+    """Continue ``trainer`` from the latest state under ``folder``: the saved ``counters`` (those named in
+    ``counters``, with these as defaults), or None if there is no state yet. Build the trainer on the base model first
+    (Flow-GRPO's KL reference is taken from the policy the trainer was built with)."""
+    counters = dict(counters or {})
     pointer = Path(folder) / LATEST
     if not pointer.is_file():
-        return False
-    origin = "it is written by python -m g2rpo.train --checkpoint"
+        return None
+    origin = "it is written by python -m benchmarks.train --checkpoint"
     try:
         latest = json.loads(pointer.read_text())
         target = Path(folder) / latest["folder"]
         if not (target / ".metadata").is_file():
             raise CheckpointError(f"{target} is incomplete (no .metadata); {origin}")
-        state = _state(trainer)
+        state = _state(trainer, counters)
         with _quiet():
             dcp.load(state, checkpoint_id=str(target))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, CheckpointException) as e:
@@ -93,7 +93,5 @@ def load_train_state(trainer, folder: Path) -> bool:
             e = next(iter(e.failures.values()))[0]
         raise CheckpointError(f"{pointer.parent} holds no usable training state ({one_line(e)}); "
                               f"{origin}") from None
-    set_state_dict(trainer.policy, trainer.opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    trainer.round_idx = int(latest["round"])
-    trainer.optimizer_steps = int(state["counters"]["optimizer_steps"])  # the EMA shadows were loaded in place
-    return True
+    trainer.load_state_dict(state)
+    return {k: float(state["extra"][k]) for k in counters}

@@ -4,8 +4,11 @@ import socket
 import pytest
 import torch
 
+from baselines import BASELINES  # registers the baselines: tests run every method
+
 torch.set_num_threads(2)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+__all__ = ["BASELINES"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""python -m benchmarks.collect: tables from models trained by g2rpo.train and scored by eval.evaluate apart."""
+"""python -m benchmarks.collect: tables from models trained by benchmarks.train and scored by eval.evaluate apart."""
 import shutil
 
 import pandas as pd
@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks.collect import main as collect
 from eval.evaluate import main as evaluate
-from g2rpo.train import main as train
+from benchmarks.train import main as train
 
 
 @pytest.fixture(scope="module")

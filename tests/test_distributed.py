@@ -28,7 +28,7 @@ EMA = {"flowgrpo": ("--ema-update-step-interval", "1")}
 def train(out, method, world, *extra, rounds=2):
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"] if world > 1 \
         else [sys.executable]
-    cmd = [*launch, "-m", "g2rpo.train", "--method", method, "--preset", "smoke", "--rounds", str(rounds),
+    cmd = [*launch, "-m", "benchmarks.train", "--method", method, "--preset", "smoke", "--rounds", str(rounds),
            "--threads", "1", "--save", str(out), *EMA.get(method, ()), *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-3000:]
@@ -112,7 +112,7 @@ def test_fsdp_resume_from_sharded_state_is_exact(tmp_path, method):
 
 def test_broken_training_state_is_one_line_error(tmp_path):
     ckpt = tmp_path / "state"
-    cmd = [sys.executable, "-m", "g2rpo.train", "--preset", "smoke", "--threads", "1", "--checkpoint", str(ckpt)]
+    cmd = [sys.executable, "-m", "benchmarks.train", "--preset", "smoke", "--threads", "1", "--checkpoint", str(ckpt)]
     assert subprocess.run([*cmd, "--rounds", "1"], capture_output=True, timeout=300).returncode == 0
     (shard,) = (ckpt / "round-000001").glob("*.distcp")
     shard.write_bytes(shard.read_bytes()[:1000])  # truncated
@@ -126,7 +126,7 @@ def test_broken_training_state_is_one_line_error(tmp_path):
 
 
 def test_prompts_must_split_evenly(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "g2rpo.train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "benchmarks.train",
            "--preset", "smoke", "--rounds", "1", "--threads", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "must be divisible by the number of processes 3" in done.stderr
@@ -158,7 +158,7 @@ def test_paper_launch_script_runs_on_one_node(tmp_path):
 
 def test_unusable_mlflow_store_fails_before_training(tmp_path):
     (tmp_path / "mlflow.db").write_bytes(b"not a database" * 100)
-    cmd = [sys.executable, "-m", "g2rpo.train", "--preset", "smoke", "--threads", "1", "--mlflow",
+    cmd = [sys.executable, "-m", "benchmarks.train", "--preset", "smoke", "--threads", "1", "--mlflow",
            f"sqlite:///{tmp_path / 'mlflow.db'}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 2 and "cannot open the MLflow store" in done.stderr, done.stderr[-2000:]

@@ -42,7 +42,7 @@ def test_checkpoint_from_the_runner_splits_in_and_out_of_domain(tmp_path):
 
 
 def test_a_lora_checkpoint_from_g2rpo_train_is_evaluated_as_it_was_trained(tmp_path):
-    from g2rpo.train import main as train
+    from benchmarks.train import main as train
 
     ck = tmp_path / "m" / "lora.safetensors"
     assert train(["--method", "flowgrpo", "--preset", "smoke", "--rounds", "1", "--lora", "flowgrpo-flux",

@@ -67,8 +67,8 @@ def test_full_finetune_at_the_lora_rate_is_refused_unless_the_rate_is_given():
         FlowGRPO(FlowGRPOConfig(use_lora=False, optim=no_decay())).validate(shared(lora="flowgrpo-flux"))
     preset = Preset(shared=sh, knobs={"flowgrpo": {"use_lora": False}})
     with pytest.raises(PlanError, match="official LoRA rate"):
-        make_plan(preset, ["flowgrpo"], 1, 1, "rounds", [], [])
-    runs = make_plan(preset, ["flowgrpo"], 1, 1, "rounds", [], [], lr=1e-5)  # --lr is explicit
+        make_plan(preset, ["flowgrpo"], 1, 1, "rounds")
+    runs = make_plan(preset, ["flowgrpo"], 1, 1, "rounds", lr=1e-5)  # --lr is explicit
     assert runs[1].build(preset).optim.lr == 1e-5
 
 
@@ -79,7 +79,7 @@ def test_paper_preset_takes_the_official_optimizer_steps():
     MixGRPO finetune_flux_grpo_MixGRPO.sh: accumulation 3 per GPU -> 4 steps per round (of 3 x 16 on the paper's GPUs).
     Flow-GRPO: 2 steps per round. G2RPO: one per noise-injection step (8)."""
     rows = {r["method"]: r for r in describe(make_plan(PRESETS["paper"], ["g2rpo", "flowgrpo", "dancegrpo", "mixgrpo"],
-                                                         1, 300, "rounds", [], []), PRESETS["paper"])}
+                                                         1, 300, "rounds"), PRESETS["paper"])}
     assert {m: (r["optimizer_steps_per_round"], r["samples_per_optimizer_step"]) for m, r in rows.items()} == {
         "g2rpo": (8, 24), "flowgrpo": (2, 96), "dancegrpo": (3, 64), "mixgrpo": (4, 48)}
     assert DanceGRPOConfig().gradient_accumulation_steps == 4 and DanceGRPOConfig().world_size == 16

@@ -1,5 +1,4 @@
 """The benchmark runner end to end (subprocess, temporary MLflow store) and its flag checking."""
-import argparse
 import dataclasses
 import json
 import re
@@ -11,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks.plan import make_plan, parse_int_sets
+from benchmarks.plan import PlanError, Sweep, make_plan, parse_knob, parse_sweep
 from g2rpo.presets import preset
-from g2rpo.registry import make_method
+from baselines.flowgrpo import MultiReward
+from g2rpo.registry import METHODS, make_method
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def test_dry_run_json_is_the_cost_accounting():
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     p = preset("paper")
-    assert {x["method"] for x in rows} == {"g2rpo", "g2rpo-wo-mgai", "flowgrpo", "dancegrpo", "mixgrpo"}
+    assert {x["method"] for x in rows} == set(METHODS)
     for x in rows:
         over = {"granular_list": tuple(int(v) for v in x["variant"].split("=")[1].split(","))} if "=" in x["variant"] else {}
         c = make_method(x["method"], p.knobs, **over).cost(p.shared)
@@ -45,7 +45,7 @@ def test_flowgrpo_sd35_preset_is_a_valid_plan_for_every_method():
     """Flow-GRPO's own SD3.5 setting: every method validates against it, and its Flow-GRPO knobs are the official ones."""
     r = run("benchmarks.run", "--preset", "flowgrpo-sd35", "--dry-run", "--json")
     assert r.returncode == 0, r.stderr
-    assert {x["method"] for x in json.loads(r.stdout)} == {"g2rpo", "g2rpo-wo-mgai", "flowgrpo", "dancegrpo", "mixgrpo"}
+    assert {x["method"] for x in json.loads(r.stdout)} == set(METHODS)
     p = preset("flowgrpo-sd35")
     m = make_method("flowgrpo", p.knobs)
     assert (m.cfg.beta, m.ema.decay, m.ema.update_step_interval, m.ema.repeats) == (0.01, 0.9, 8, 2)
@@ -55,9 +55,9 @@ def test_lr_flag_sets_every_methods_learning_rate_only():
     r = run("benchmarks.run", "--dry-run", "--json", "--lr", "1e-4")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
-    assert len(rows) == 5 and all(x["knobs"]["lr"] == 1e-4 for x in rows)
+    assert len(rows) == len(METHODS) and all(x["knobs"]["lr"] == 1e-4 for x in rows)
     p = preset("pocket")
-    built = make_plan(p, ["dancegrpo"], 1, 2, "rounds", [], [], lr=1e-4)[1].build(p)
+    built = make_plan(p, ["dancegrpo"], 1, 2, "rounds", lr=1e-4)[1].build(p)
     official = make_method("dancegrpo", p.knobs)
     assert built.optim == dataclasses.replace(official.optim, lr=1e-4) and built.cfg.optim is built.optim
 
@@ -256,23 +256,55 @@ def test_tables_rebuild_from_the_parent_run_when_child_runs_are_gone(smoke, tmp_
                                   check_dtype=False, rtol=1e-8)
 
 
-def test_parse_int_sets():
-    assert parse_int_sets("1;1,2; 1,2,3", "x") == [(1,), (1, 2), (1, 2, 3)]
-    assert parse_int_sets("0-3;4-7", "x") == [(0, 1, 2, 3), (4, 5, 6, 7)]
+def test_parse_sweep_types_each_knob_by_its_config():
+    assert parse_sweep("g2rpo.granular_list=1;1,2; 1,2,3") == Sweep("g2rpo", "granular_list", [(1,), (1, 2), (1, 2, 3)])
+    assert parse_sweep("g2rpo.eta_step_list=0-3;4-7").values == [(0, 1, 2, 3), (4, 5, 6, 7)]
+    assert parse_sweep("dancegrpo.eta=0.3;0.5").values == [0.3, 0.5]
+    assert parse_sweep("mixgrpo.window_size=2;4").values == [2, 4]
+    assert parse_sweep("flowgrpo.init_same_noise=true;0").values == [True, False]
+    assert parse_sweep("flowgrpo.num_rollout_steps=none;8").values == [None, 8]
+    sw = parse_sweep("flowgrpo.multi_reward=sum_advantages")
+    assert sw.values == [MultiReward.SUM_ADVANTAGES] and sw.variants() == [("multi_reward=sum_advantages",
+                                                                          {"multi_reward": MultiReward.SUM_ADVANTAGES})]
+    for bad, msg in (("g2rpo.granular_list", "METHOD.KNOB="), ("g2rpo.nope=1", "no knob 'nope'"),
+                     ("ppo.eta=1", "unknown method"), ("dancegrpo.eta=x", "could not convert"),
+                     ("dancegrpo.eta=0.3;", "empty value"), ("mixgrpo.window_size=2.5", "invalid literal"),
+                     ("flowgrpo.ema=1", "cannot be set"), ("g2rpo-wo-mgai.granular_list=1,2", "fixes granular_list"),
+                     ("g2rpo.granular_list=1,1", "duplicate")):
+        with pytest.raises(PlanError, match=re.escape(msg)):
+            parse_sweep(bad)
 
 
 def test_one_step_list_parser_for_the_runner_and_train():
-    """benchmarks.run's sets and g2rpo.train's lists take the same syntax (ranges included) and refuse the same junk."""
+    """benchmarks.run's sweeps and benchmarks.train's --set take the same syntax (ranges included) and refuse the same
+    junk: both type a knob with parse_knob, whose tuple-of-ints parser is int_list."""
     from g2rpo.config import int_list
-    from g2rpo.train import _ints
 
     for text, want in (("0-3", (0, 1, 2, 3)), ("0-1, 3", (0, 1, 3)), ("2", (2,))):
-        assert int_list(text) == _ints(text) == parse_int_sets(text, "x")[0] == want
+        assert int_list(text) == parse_knob("g2rpo", "eta_step_list", text, "x") == \
+               parse_sweep(f"g2rpo.eta_step_list={text}").values[0] == want
     for bad in ("1,x", "3-1", "1,1", "0-2,2", ""):
         with pytest.raises(ValueError):
             int_list(bad)
-        with pytest.raises(argparse.ArgumentTypeError):
-            _ints(bad)
+        with pytest.raises(PlanError):
+            parse_knob("g2rpo", "eta_step_list", bad, "x")
+
+
+def test_generic_sweeps_in_the_plan():
+    """--sweep for any method's knob: one variant per value with the typed value, the preset's other knobs; the paper's
+    --granular-sets is the same sweep; a value equal to a planned run is not run twice."""
+    r = run("benchmarks.run", "--dry-run", "--json", "--methods", "g2rpo,dancegrpo,mixgrpo", "--sweep",
+            "dancegrpo.eta=0.3;0.5", "--sweep", "mixgrpo.window_size=2;4", "--granular-sets", "1,2,3")
+    assert r.returncode == 0, r.stderr
+    rows = {(x["method"], x["variant"]): x for x in json.loads(r.stdout)}
+    assert set(rows) == {("g2rpo", "default"), ("dancegrpo", "default"), ("mixgrpo", "default"),
+                         ("dancegrpo", "eta=0.5"), ("mixgrpo", "window_size=2"), ("g2rpo", "granular_list=1,2,3")}
+    assert rows[("dancegrpo", "eta=0.5")]["knobs"]["eta"] == 0.5
+    assert rows[("mixgrpo", "window_size=2")]["knobs"]["window_size"] == 2
+    assert rows[("g2rpo", "granular_list=1,2,3")]["knobs"]["granular_list"] == [1, 2, 3]
+    assert rows[("dancegrpo", "eta=0.5")]["knobs"]["lr"] == rows[("dancegrpo", "default")]["knobs"]["lr"]
+    bad = run("benchmarks.run", "--dry-run", "--sweep", "dancegrpo.eta=0.3;-1")
+    assert bad.returncode == 2 and "eta must be in [0, 10)" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow  # the smoke benchmark run (module fixture)

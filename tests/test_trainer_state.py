@@ -1,10 +1,12 @@
-"""Trainer.state_dict: stopping after round r and resuming from the saved state gives the weights of an uninterrupted
-run after round r + 1, bit for bit, for every method (no RNG state needed: all noise is keyed by seed, round, prompt)."""
+"""The training state (``Trainer.state_dict`` on disk through ``g2rpo.train_state``, the one format of both entry
+points): stopping after round r and resuming from the saved state gives the weights of an uninterrupted run after
+round r + 1, bit for bit, for every method (no RNG state needed: all noise is keyed by seed, round, prompt)."""
 import pytest
 import torch
 
 from g2rpo.ema import EMAConfig
 from g2rpo.registry import METHODS, make_method
+from g2rpo.train_state import load_train_state, save_train_state
 
 from .helpers import shared, trainer
 
@@ -18,9 +20,9 @@ def test_resume_equals_uninterrupted(tmp_path, name):
     whole.train(2)
     first = trainer(make_method(name, knobs), sh)
     first.train(1)
-    torch.save(first.state_dict(), tmp_path / "state.pt")
+    save_train_state(first, tmp_path, counters={"cum_nfe": 123})
     resumed = trainer(make_method(name, knobs), sh)  # built on the base model, then the state is loaded
-    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert load_train_state(resumed, tmp_path, {"cum_nfe": 0}) == {"cum_nfe": 123}
     assert resumed.round_idx == 1
     resumed.train(1)
     for (k, a), b in zip(whole.policy.state_dict().items(), resumed.policy.state_dict().values()):
