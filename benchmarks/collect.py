@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from g2rpo.checkpoint import CheckpointError, read_meta
+from g2rpo.config import PER_RUN, SharedConfig
 from g2rpo.errors import one_line
 from g2rpo.files import write_text
 from g2rpo.tracking import flatten
@@ -53,7 +55,6 @@ def trained_with(side: dict) -> dict:
 
 def refuse_incomparable(folder: Path, rec: dict, first: Path, ref: dict) -> None:
     """CollectError unless the model of ``folder`` was trained with the comparable shared settings of ``first``'s."""
-    from g2rpo.config import PER_RUN, SharedConfig
 
     both = [k for k in rec if k in ref]
     diff = ", ".join(k for k in both if k != "comparable_digest" and rec[k] != ref[k])
@@ -71,7 +72,6 @@ def refuse_incomparable(folder: Path, rec: dict, first: Path, ref: dict) -> None
 
 def read_evaluation(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict | None]:
     """(table row, per-image scores, the image metadata, ``trained_with`` its sidecar or None for the base model)."""
-    from g2rpo.checkpoint import CheckpointError, read_meta
 
     try:
         meta = pd.DataFrame([json.loads(ln) for ln in (folder / "metadata.jsonl").read_text().splitlines() if ln.strip()])

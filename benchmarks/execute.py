@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import resource
 import shutil
 import socket
 import tempfile
@@ -256,6 +257,5 @@ def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: l
 
 def peak_rss_gb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
-    import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -16,10 +16,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from g2rpo.presets import PRESETS, Preset, preset as get_preset
-from g2rpo.registry import METHODS
+import torch
 
+from g2rpo.presets import PRESETS, Preset, preset as get_preset
+from g2rpo.recorder import Recorder
+from g2rpo.registry import METHODS
+from g2rpo.tiers import LOADERS, load_tier
+from g2rpo.tracking import default_uri, open_store, shown_uri
+
+from .execute import RunFailed, execute_all
 from .plan import ALIASES, PlanError, RunSpec, describe, make_plan, parse_sweep
+from .table import build_tables
 
 
 def parse_args(argv):
@@ -108,12 +115,8 @@ def main(argv=None) -> int:
         print(json.dumps(rows, indent=2, default=str) if a.json else readable_plan(rows, a.preset))
         return 0
     out = a.out or Path("results") / a.preset
-    from g2rpo.tracking import default_uri, open_store
-
     try:
         check_writable(out)
-        from g2rpo.tiers import LOADERS, load_tier
-
         if p.shared.model not in LOADERS:
             raise PlanError(f"preset {a.preset!r} needs model tier {p.shared.model!r}, which cannot be loaded here")
         uri = a.tracking_uri or default_uri(out)
@@ -122,12 +125,6 @@ def main(argv=None) -> int:
     except (PlanError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-    import torch
-
-    from .execute import RunFailed, execute_all
-    from g2rpo.recorder import Recorder
-    from g2rpo.tracking import shown_uri
 
     torch.set_num_threads(a.threads)
     command = "python -m benchmarks.run " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
@@ -146,8 +143,6 @@ def main(argv=None) -> int:
               f"python -m benchmarks.sync {spool} --tracking-uri {shown_uri(uri)}, then python -m benchmarks.table "
               f"--tracking-uri {shown_uri(uri)} --experiment {experiment} --out {out}", file=sys.stderr)
         return 0
-    from .table import build_tables
-
     files = build_tables(uri, exp_id, out, parent_run_id=parent)
     print(f"done in {time.perf_counter() - t0:.0f} s: {len(runs)} runs in {shown_uri(uri)} (parent run {parent}); "
           f"tables and figures in {out}/: {', '.join(sorted(f.name for f in files))}")

@@ -36,7 +36,11 @@ from g2rpo.tracking import default_uri, git_commit, open_store
 from .publish import publish
 from .render import bootstrap_ci
 
-FAMILIES = ("g2rpo", "flowgrpo", "dancegrpo", "mixgrpo")
+
+
+def families() -> list[str]:
+    """Every registered method family (its own method's name), in registration order: each gets a rate."""
+    return [n for n, e in METHODS.items() if e.family == n]
 
 
 def objective(scores: dict, weights: dict[str, float]) -> np.ndarray:
@@ -107,7 +111,7 @@ def record(client, exp_id: str, preset: str, command: str, chosen: dict[str, flo
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="pocket", help=f"one of {', '.join(sorted(PRESETS))}")
-    ap.add_argument("--families", default=",".join(FAMILIES), help="method families to sweep")
+    ap.add_argument("--families", default=",".join(families()), help="method families to sweep (default: all registered)")
     ap.add_argument("--lrs", default="1e-5,3e-5,1e-4,3e-4", help="comma-separated learning rates")
     ap.add_argument("--rounds", type=int, help="training rounds (default: the preset's)")
     ap.add_argument("--seed", type=int, default=1000, help="sweep seed (keep it apart from the benchmark's seeds)")
@@ -118,9 +122,9 @@ def main(argv=None) -> int:
     try:
         p = get_preset(a.preset)
         fams = [f.strip() for f in a.families.split(",") if f.strip()]
-        bad = [f for f in fams if f not in FAMILIES or f not in METHODS]
+        bad = [f for f in fams if f not in families()]
         if bad or not fams:
-            raise ValueError(f"--families: unknown {bad or 'empty list'}; choose from {', '.join(FAMILIES)}")
+            raise ValueError(f"--families: unknown {bad or 'empty list'}; choose from {', '.join(families())}")
         lrs = [float(x) for x in a.lrs.split(",") if x.strip()]
         if not lrs or any(not 0 < lr < 1 for lr in lrs):
             raise ValueError(f"--lrs: expected learning rates in (0, 1), got {a.lrs!r}")

@@ -9,20 +9,23 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
+from g2rpo.config import ADDED_LATER, PER_RUN, SharedConfig, comparable_differences
 from g2rpo.files import atomic, write_text
-
 from g2rpo.registry import METHODS, table_order
+from g2rpo.tracking import flatten, open_store, shown_uri
 
+from . import precision
 from .plan import BASE
+from .precision import summary_lines
 from .publish import fetch_published, publish
 from .render import bootstrap_ci, formatted, summarise, write_all, write_table
-from g2rpo.tracking import shown_uri
-
 
 
 def names() -> dict[str, str]:
@@ -52,9 +55,7 @@ class NotComparable(RuntimeError):
 def comparable_params(params: dict) -> dict[str, str]:
     """A run's shared settings that every run of a table must share, as its ``shared.*`` params record them (all but
     ``g2rpo.config.PER_RUN``); a field of ``ADDED_LATER`` that the run predates counts as its default."""
-    from g2rpo.config import ADDED_LATER, PER_RUN, SharedConfig
 
-    from g2rpo.tracking import flatten
 
     block = {k[len("shared."):]: v for k, v in params.items() if k.startswith("shared.")}
     block = {k: v for k, v in block.items() if k.split(".")[0] not in PER_RUN}
@@ -67,9 +68,7 @@ def comparable_params(params: dict) -> dict[str, str]:
 def refuse_incomparable(blocks: dict[str, dict[str, str]]) -> None:
     """NotComparable naming a run (label -> comparable params) that differs from the most common block, and a run of
     that block; runs that record no shared settings are not checked (nothing to compare)."""
-    from collections import Counter
 
-    from g2rpo.config import PER_RUN, comparable_differences
 
     blocks = {label: b for label, b in blocks.items() if b}
     key = {label: tuple(sorted(b.items())) for label, b in blocks.items()}
@@ -233,7 +232,6 @@ def load_scores(client, df, main_steps: int, tag: str = "") -> dict[str, list[pd
 
 def precision_tables(client, df, scores, ind, ood, main_steps, out) -> list[Path]:
     """The precision summaries, the probability of improvement per in-domain reward and the noise floor."""
-    from . import precision
 
     gaps = [f"gap/{m}" for m in ind if f"gap/{m}" in scores[BASE][0]] if BASE in scores else []
     files = precision.summary_table(scores, ind + gaps, names(), out)
@@ -459,7 +457,6 @@ def sample_grid(client, df, out, prompts: list[str]) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     d = df[(df.variant == "default") & (df.seed == df.groupby("method").seed.transform("min"))]
     if d.empty:
@@ -538,7 +535,6 @@ def write_readme(parent, df, files, out: Path, uri: str, experiment: str) -> Pat
         ("sweep.md", "learning rates, selected per method family on the train prompts"),
         ("SIGNAL.md", "what was tried to give this benchmark a signal, and what each gave")) if (out / name).exists()]
     lines += [""]
-    from .precision import summary_lines
 
     lines += summary_lines(out, [m for m in t.get("in_domain", "").split(",") if m], names())
     for f in files:
@@ -555,7 +551,6 @@ def main(argv=None) -> int:
     ap.add_argument("--parent-run-id", help="a benchmark invocation (default: the latest)")
     ap.add_argument("--out", type=Path, default=Path("results/rebuilt"))
     a = ap.parse_args(argv)
-    from g2rpo.tracking import open_store
 
     def make():
         _, exp_id = open_store(a.tracking_uri, a.experiment, None, create=False)

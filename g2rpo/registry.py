@@ -15,10 +15,7 @@ from dataclasses import dataclass, field
 
 from .granular import G2RPO, G2RPOConfig
 from .method import Method
-
-ALL_FAMILIES = "*"
-"""Key of a preset's knobs that every method family takes before its own entry."""
-
+from .presets import ALL_FAMILIES
 
 @dataclass(frozen=True)
 class Entry:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from g2rpo.registry import METHODS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,7 +36,7 @@ def test_perf_quick_json(tmp_path):
     # around smoke's G 3, N 6, |M| 3, |Lambda| 2: G 2, 3 (the base); N 4; |M| 1, 2; |Lambda| 1, 2 (the base again)
     assert len(res["cost_model_points"]) == 6 and res["r2_cost_model"] <= 1
     assert {q["G"] for q in res["cost_model_points"]} == {2, 3} | {res["cost_model_base"]["G"]}
-    assert set(res["methods"]) == {"g2rpo", "g2rpo-wo-mgai", "flowgrpo", "dancegrpo", "mixgrpo"}
+    assert set(res["methods"]) == set(METHODS)
     assert all(t["round_s"] > 0 for t in res["methods"].values())
     assert res["time_to_signal"]["g2rpo"]["wall_s"] == 3.5 and res["time_to_signal"]["dancegrpo"]["wall_s"] is None
     assert "| g2rpo | 3.5 ± 1.0 | 100 ± 20 | 1.5 ± 0.5 | 2 of 2 |" in out.read_text()

@@ -1,0 +1,78 @@
+"""The method registry: methods register themselves, a preset's shared rules reach every registered method, and the
+runner and tables take every method from it (no list of names to extend)."""
+import dataclasses
+
+import pytest
+
+from baselines.dancegrpo import DanceGRPO, DanceGRPOConfig
+from benchmarks.plan import PlanError, make_plan, parse_sweep
+from benchmarks.run import main as run_main, parse_args, resolve
+from benchmarks.table import names, rank, title
+from g2rpo.config import OptimConfig
+from g2rpo.presets import ALL_FAMILIES, POCKET_LR, POCKET_LRS, preset
+from g2rpo.registry import METHODS, entry, knobs_for, make_method, register, table_order
+
+
+@dataclasses.dataclass
+class ToyConfig(DanceGRPOConfig):
+    """A method added later: DanceGRPO's knobs, one of its own, an official rate unlike the pocket one."""
+
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=7e-3))
+    toy_knob: float = 0.5
+    """A knob of its own, swept below."""
+
+
+class Toy(DanceGRPO):
+    config_class = ToyConfig
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setattr("g2rpo.registry.METHODS", dict(METHODS))  # registered for this test only
+    import g2rpo.registry as reg
+
+    e = reg.register("toy", Toy, ToyConfig, "Toy-GRPO")
+    for module in ("benchmarks.plan", "benchmarks.run", "benchmarks.table"):
+        monkeypatch.setattr(f"{module}.METHODS", reg.METHODS, raising=False)
+    return e
+
+
+def test_every_registered_method_builds_with_its_name():
+    assert {"g2rpo", "g2rpo-wo-mgai", "flowgrpo", "dancegrpo", "mixgrpo"} <= set(METHODS)
+    for name in METHODS:
+        assert make_method(name).name == name
+    assert make_method("g2rpo-wo-mgai", {"g2rpo": {"granular_list": (1, 2, 3)}}).cfg.granular_list == (1,)  # fixed
+    with pytest.raises(ValueError, match="registered twice"):
+        register("g2rpo", type(make_method("g2rpo")), type(make_method("g2rpo").cfg), "again")
+    with pytest.raises(KeyError, match="unknown method 'ppo'"):
+        entry("ppo")
+
+
+def test_tables_name_and_order_methods_from_the_registry():
+    assert table_order()[-2:] == ["g2rpo-wo-mgai", "g2rpo"]  # G2RPO last, as in the paper's tables
+    assert list(names())[0] == "base" and title("flowgrpo") == "Flow-GRPO" and title("gone") == "gone"
+    assert rank("dancegrpo") < rank("flowgrpo") < rank("g2rpo") < rank("gone")
+
+
+def test_the_pocket_learning_rate_reaches_every_registered_method(toy):
+    """The equal-settings rule: on the pocket preset every family trains at the rate benchmarks.sweep selected for it,
+    and a family it has not swept (one added later) at the preset's rate, never at its official one."""
+    p = preset("pocket")
+    for name, e in METHODS.items():
+        assert make_method(name, p.knobs).optim.lr == POCKET_LRS.get(e.family, POCKET_LR), name
+    assert make_method("toy").optim.lr == 7e-3 and make_method("toy", p.knobs).optim.lr == POCKET_LR
+    assert knobs_for("toy", p.knobs) == p.knobs[ALL_FAMILIES]
+    assert make_method("toy", p.knobs, lr=1e-4).optim.lr == 1e-4  # --lr still wins
+
+
+def test_a_registered_method_is_in_the_default_plan_and_sweepable(toy):
+    p, runs, _ = resolve(parse_args(["--sweep", "toy.toy_knob=0.25;0.5"]))
+    planned = {(r.method, r.variant) for r in runs}
+    assert {(n, "default") for n in METHODS} <= planned and ("toy", "toy_knob=0.25") in planned
+    assert ("toy", "toy_knob=0.5") not in planned  # the default's value: not run twice
+    assert rank("toy") < rank("g2rpo") and title("toy") == "Toy-GRPO"
+    with pytest.raises(PlanError, match="no knob 'nope'"):
+        parse_sweep("toy.nope=1")
+    assert run_main(["--dry-run", "--methods", "toy"]) == 0
+    with pytest.raises(PlanError, match="unknown method"):
+        make_plan(p, ["toy2"], 1, 1, "rounds")
