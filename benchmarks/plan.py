@@ -78,7 +78,7 @@ def parse_knob(method: str, knob: str, text: str, flag: str):
         e = entry(method)
     except KeyError as err:
         raise PlanError(f"{flag}: {err.args[0]}") from None
-    hints = typing.get_type_hints(e.config)
+    hints = typing.get_type_hints(e.method.config_class)
     if knob not in hints:
         raise PlanError(f"{flag}: {method} has no knob {knob!r}; its knobs: {', '.join(hints)}")
     if knob in e.fixed:

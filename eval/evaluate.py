@@ -40,7 +40,7 @@ class EvalError(ValueError):
 
 def load_model(checkpoint: str, tier_name: str):
     """(tier, policy, in-domain rewards, checkpoint identity) for 'base' or a checkpoint written by the runner or
-    g2rpo.train. The policy is rebuilt as it was trained (timestep convention, precision, LoRA adapter) from the
+    benchmarks.train. The policy is rebuilt as it was trained (timestep convention, precision, LoRA adapter) from the
     settings recorded beside the weights."""
     if checkpoint == "base":
         tier = load_tier(tier_name)

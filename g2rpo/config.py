@@ -14,7 +14,7 @@ from .schedules import TimestepConvention, flow_match_sigmas, shifted_sigmas
 
 def int_list(text: str) -> tuple[int, ...]:
     """'0,1,2,3', '0-3' or '0-1,3' -> a tuple of distinct integers: the one parser of step and granularity lists
-    (``g2rpo.train --eta-step-list``, ``benchmarks.run --eta-step-sets``). ValueError, one line, for anything else."""
+    (every tuple-of-ints knob from the command line: ``benchmarks.plan.parse_value``). ValueError, one line, for anything else."""
     values: list[int] = []
     for tok in (t.strip() for t in text.split(",")):
         try:

@@ -93,7 +93,7 @@ def trained_meta(method: Method, shared: SharedConfig, rounds: int, variant: str
     """The sidecar of a saved policy: what eval.evaluate needs to rebuild it (tier and the environment's settings of
     it, ``Tier.settings``; model settings) and to split in- from out-of-domain rewards, and what benchmarks.collect
     needs to place it in a table (method, variant, seed, knobs, cost). Written by the benchmark runner and by
-    g2rpo.train alike."""
+    benchmarks.train alike."""
     return {"tier": shared.model, "tier_settings": dict(tier_settings or {}), "method": method.name, "variant": variant,
             "seed": shared.seed, "rounds": rounds,
             "in_domain": shared.rewards, "settings": model_settings(shared, method),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .granular import G2RPO, G2RPOConfig
+from .granular import G2RPO
 from .method import Method
 from .presets import ALL_FAMILIES
 
@@ -24,9 +24,8 @@ class Entry:
     name: str
     """Its name in ``--methods`` and in every record."""
     method: type
-    """The ``Method`` subclass, built as ``method(config(**knobs))``."""
-    config: type
-    """Its knobs dataclass (official defaults); a sweep reads each knob's type from it."""
+    """The ``Method`` subclass, built as ``method(method.config_class(**knobs))``; a sweep reads each knob's type
+    from that config dataclass."""
     title: str
     """Its name in tables and figures."""
     family: str
@@ -40,17 +39,17 @@ class Entry:
 METHODS: dict[str, Entry] = {}
 
 
-def register(name: str, method: type, config: type, title: str, family: str | None = None,
-             fixed: dict | None = None, order: int = 50) -> Entry:
+def register(name: str, method: type, title: str, family: str | None = None, fixed: dict | None = None,
+             order: int = 50) -> Entry:
     """Add a method under ``name``; a name registered twice is an error (two packages claiming one flag)."""
     if name in METHODS:
         raise ValueError(f"method {name!r} is registered twice ({METHODS[name].method.__module__} and {method.__module__})")
-    METHODS[name] = Entry(name, method, config, title, family or name, dict(fixed or {}), order)
+    METHODS[name] = Entry(name, method, title, family or name, dict(fixed or {}), order)
     return METHODS[name]
 
 
-register("g2rpo", G2RPO, G2RPOConfig, "G²RPO", order=100)
-register("g2rpo-wo-mgai", G2RPO, G2RPOConfig, "G²RPO w/o MGAI", family="g2rpo", fixed={"granular_list": (1,)}, order=90)
+register("g2rpo", G2RPO, "G²RPO", order=100)
+register("g2rpo-wo-mgai", G2RPO, "G²RPO w/o MGAI", family="g2rpo", fixed={"granular_list": (1,)}, order=90)
 
 
 def table_order() -> list[str]:
@@ -78,7 +77,7 @@ def make_method(name: str, preset_knobs: dict | None = None, lr: float | None = 
     e = entry(name)
     knobs = knobs_for(name, preset_knobs) | overrides | e.fixed
     if lr is not None:  # rebuilt with the settings as a knob: a rate given explicitly (Flow-GRPO checks it)
-        knobs |= {"optim": dataclasses.replace(e.method(e.config(**knobs)).optim, lr=lr)}
-    m = e.method(e.config(**knobs))
+        knobs |= {"optim": dataclasses.replace(e.method(e.method.config_class(**knobs)).optim, lr=lr)}
+    m = e.method(e.method.config_class(**knobs))
     m.name = name
     return m

@@ -31,7 +31,7 @@ def toy(monkeypatch):
     monkeypatch.setattr("g2rpo.registry.METHODS", dict(METHODS))  # registered for this test only
     import g2rpo.registry as reg
 
-    e = reg.register("toy", Toy, ToyConfig, "Toy-GRPO")
+    e = reg.register("toy", Toy, "Toy-GRPO")
     for module in ("benchmarks.plan", "benchmarks.run", "benchmarks.table"):
         monkeypatch.setattr(f"{module}.METHODS", reg.METHODS, raising=False)
     return e
@@ -43,7 +43,7 @@ def test_every_registered_method_builds_with_its_name():
         assert make_method(name).name == name
     assert make_method("g2rpo-wo-mgai", {"g2rpo": {"granular_list": (1, 2, 3)}}).cfg.granular_list == (1,)  # fixed
     with pytest.raises(ValueError, match="registered twice"):
-        register("g2rpo", type(make_method("g2rpo")), type(make_method("g2rpo").cfg), "again")
+        register("g2rpo", type(make_method("g2rpo")), "again")
     with pytest.raises(KeyError, match="unknown method 'ppo'"):
         entry("ppo")
 

@@ -50,7 +50,7 @@ from .sd3 import SD3Policy
 
 
 class TierError(KeyError, ValueError):
-    """A tier that cannot be built, in one line. A KeyError like an unknown tier's (``g2rpo.train`` reports those
+    """A tier that cannot be built, in one line. A KeyError like an unknown tier's (``benchmarks.train`` reports those
     without a traceback) and a ValueError like any bad setting."""
 
     __str__ = Exception.__str__  # KeyError would print the message quoted
