@@ -173,21 +173,23 @@ def family(method: str) -> str:
 
 
 def sweep_tables(df, cols, out) -> list[Path]:
-    """One table per knob in which runs of one family differ: for the family's own method (name = family), its default
-    run and every run of the family that differs from it in that knob alone (its sweep's variants; a member that fixes
-    the knob, as G²RPO w/o MGAI fixes Λ = {1}), one row per value. Knobs are compared as recorded (``knobs.*``)."""
+    """One table per knob in which runs of one family differ: for each method's default run, every run of its family
+    that differs from it in that knob alone (its sweep's variants; a member that fixes the knob, as G²RPO w/o MGAI
+    fixes Λ = {1}), one row per value; the same rows seen from another member's default make no second table. Knobs
+    are compared as recorded (``knobs.*``)."""
     knobs = [c for c in df.columns if c.startswith("knobs.")]
-    files = []
-    for m in [m for m in dict.fromkeys(df.method) if family(m) == m]:
+    files, seen = [], set()
+    for m in sorted(dict.fromkeys(df.method), key=lambda m: family(m) != m):  # a family's own method first
         default = df[(df.method == m) & (df.variant == "default")]
-        if default.empty:
+        if default.empty or m == BASE:
             continue
-        fam = df[df.method.map(family) == m][knobs].fillna("")
+        fam = df[df.method.map(family) == family(m)][knobs].fillna("")
         ref = fam.loc[default.index[0]]
         for k in [k for k in knobs if fam[k].nunique() > 1]:
             rows = df.loc[fam.index[(fam.drop(columns=k) == ref.drop(k)).all(axis=1)]]
-            if rows[k].nunique() < 2:
+            if rows[k].nunique() < 2 or (k, frozenset(rows.index)) in seen:
                 continue
+            seen.add((k, frozenset(rows.index)))
             knob = k[len("knobs."):]
             stem, head, label = PAPER_SWEEPS.get((m, knob), (f"table_sweep_{m}_{knob.replace('.', '_')}",
                                                              f"Sweep of {knob} ({title(m)})", knob))

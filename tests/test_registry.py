@@ -76,3 +76,29 @@ def test_a_registered_method_is_in_the_default_plan_and_sweepable(toy):
     assert run_main(["--dry-run", "--methods", "toy"]) == 0
     with pytest.raises(PlanError, match="unknown method"):
         make_plan(p, ["toy2"], 1, 1, "rounds")
+
+
+def test_sweep_tables_group_runs_by_the_one_knob_they_differ_in(tmp_path):
+    """Table 2 holds G2RPO's default, its Lambda variants and w/o MGAI (Lambda = {1}) but not the M variant; the M table
+    the reverse; any other method's sweep gets its own table; a member's view of the same rows makes no second one."""
+    import pandas as pd
+
+    from benchmarks.table import sweep_tables
+
+    def run(method, variant, seed, x, **knobs):
+        return {"method": method, "variant": variant, "seed": seed, "eval/x": x} | {f"knobs.{k}": v for k, v in knobs.items()}
+
+    rows = [run("base", "default", 0, 0.0)]
+    for s in range(2):
+        rows += [run("g2rpo", "default", s, 2 + s, granular_list="1,2", eta_step_list="0,1,2,3"),
+                 run("g2rpo-wo-mgai", "default", s, 1 + s, granular_list="1", eta_step_list="0,1,2,3"),
+                 run("g2rpo", "granular_list=1,2,3", s, 3 + s, granular_list="1,2,3", eta_step_list="0,1,2,3"),
+                 run("g2rpo", "eta_step_list=0-1", s, 9 + s, granular_list="1,2", eta_step_list="0,1"),
+                 run("dancegrpo", "default", s, 5 + s, eta="0.3"), run("dancegrpo", "eta=0.5", s, 7 + s, eta="0.5")]
+    files = sweep_tables(pd.DataFrame(rows), {"eval/x": "x"}, tmp_path)
+    assert sorted(f.name for f in files if f.suffix == ".csv") == [
+        "table2_granularity.csv", "table_eta_steps.csv", "table_sweep_dancegrpo_eta.csv"]
+    lam = pd.read_csv(tmp_path / "table2_granularity.csv")
+    assert list(lam["Λ"]) == ["{1}", "{1,2}", "{1,2,3}"] and list(lam["eval/x|mean"]) == [1.5, 2.5, 3.5]
+    assert list(pd.read_csv(tmp_path / "table_eta_steps.csv")["M"]) == ["{0,1}", "{0,1,2,3}"]
+    assert list(pd.read_csv(tmp_path / "table_sweep_dancegrpo_eta.csv")["eval/x|mean"]) == [5.5, 7.5]
