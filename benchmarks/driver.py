@@ -6,7 +6,6 @@ seconds without the time spent on learning curves), saves the whole state after 
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -56,9 +55,7 @@ class Driver:
         while self.trainer.round_idx < until:
             if before is not None:
                 self.paused(lambda: before(self.trainer.round_idx))
-            m = self.trainer.step()
-            if not math.isfinite(m["loss"]):
-                raise FloatingPointError(f"non-finite loss at round {m['round']}")
+            m = self.trainer.train(1)[0]  # FloatingPointError on a non-finite loss
             self.cum_nfe += m["nfe_rollout"] + m["nfe_train"] + m["nfe_reference"]
             yield m
             if self.state_dir is not None:
