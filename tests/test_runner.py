@@ -362,3 +362,17 @@ def test_table_refuses_a_missing_store_or_experiment_without_creating_one(smoke,
     assert r.returncode == 2 and r.stderr.startswith("error: no MLflow store") and not (tmp_path / "typo.db").exists()
     r = run("benchmarks.table", "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", "g2rpo-bench/typo")
     assert r.returncode == 2 and "no experiment 'g2rpo-bench/typo'" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_train_sets_any_knob_typed_like_a_sweep():
+    r = run("benchmarks.train", "--method", "dancegrpo", "--preset", "smoke", "--set", "eta=0.5", "--set",
+            "init_same_noise=false", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    knobs = json.loads(r.stdout)["knobs"]
+    assert knobs["eta"] == 0.5 and knobs["init_same_noise"] is False
+    r = run("benchmarks.train", "--method", "g2rpo", "--preset", "smoke", "--granular-list", "1-2", "--dry-run")
+    assert r.returncode == 0 and json.loads(r.stdout)["knobs"]["granular_list"] == [1, 2]
+    for bad, msg in ((["--set", "bogus=1"], "no knob 'bogus'"), (["--set", "eta"], "expected KNOB=VALUE"),
+                     (["--set", "eta=-1"], "eta must be in [0, 10)")):
+        r = run("benchmarks.train", "--method", "dancegrpo", "--preset", "smoke", *bad, "--dry-run")
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
