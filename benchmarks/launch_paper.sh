@@ -22,5 +22,5 @@ mkdir -p "$OUT"
 PYTHON=${PYTHON:-python}
 exec "$PYTHON" -m torch.distributed.run --nnodes "${NNODES:-2}" --nproc_per_node "${NPROC:-8}" --node_rank "$NODE_RANK" \
     --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}" \
-    -m g2rpo.train --method "$METHOD" --preset "$PRESET" --seed "$SEED" --fsdp --threads "${THREADS:-4}" \
+    -m benchmarks.train --method "$METHOD" --preset "$PRESET" --seed "$SEED" --fsdp --threads "${THREADS:-4}" \
     --checkpoint "$OUT/state" --save "$OUT/policy.safetensors" --mlflow "${MLFLOW:-sqlite:///$OUT/mlflow.db}"
