@@ -20,7 +20,7 @@ import torch
 
 from g2rpo.presets import PRESETS, Preset, preset as get_preset
 from g2rpo.recorder import Recorder
-from g2rpo.registry import METHODS
+from g2rpo.registry import METHODS, default_methods
 from g2rpo.tiers import LOADERS, load_tier
 from g2rpo.tracking import default_uri, open_store, shown_uri
 
@@ -31,8 +31,8 @@ from .table import build_tables
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", default="all", help=f"comma-separated, from {', '.join(METHODS)}; 'all' (default): "
-                    "every registered method")
+    ap.add_argument("--methods", default="default", help=f"comma-separated, from {', '.join(METHODS)}; 'default': "
+                    f"{', '.join(default_methods())}; 'all': every registered method")
     ap.add_argument("--preset", default="pocket", help=f"one of {', '.join(sorted(PRESETS))}")
     ap.add_argument("--seeds", type=int, help="training seeds per (method, variant); default from the preset")
     ap.add_argument("--rounds", type=int, help="training rounds (under --budget nfe: of the first method)")
@@ -61,7 +61,8 @@ def resolve(a) -> tuple[Preset, list[RunSpec], list[int]]:
     p = get_preset(a.preset)
     if a.compile is not None:
         p = dataclasses.replace(p, shared=dataclasses.replace(p.shared, compile=a.compile))
-    methods = list(METHODS) if a.methods.strip() == "all" else [m.strip() for m in a.methods.split(",") if m.strip()]
+    named = {"all": list(METHODS), "default": default_methods()}
+    methods = named.get(a.methods.strip()) or [m.strip() for m in a.methods.split(",") if m.strip()]
     aliased = [(flag, f"{target}={getattr(a, flag[2:].replace('-', '_'))}") for flag, target in ALIASES.items()
                if getattr(a, flag[2:].replace("-", "_")).strip()]
     sweeps = [parse_sweep(text, flag) for flag, text in aliased + [("--sweep", t) for t in a.sweep]]

@@ -34,22 +34,30 @@ class Entry:
     """Knobs it pins over the preset's and a sweep's (``g2rpo-wo-mgai``: granular_list = (1,))."""
     order: int = 50
     """Row position in tables, lower first (baselines 10-30, G2RPO last, as in the paper's tables); ties: registration."""
+    default: bool = True
+    """In the runner's default ``--methods``; a method added later joins once the committed pocket results hold it
+    (until then ``--methods all`` or its name runs it), so the README's default command makes the committed tables."""
 
 
 METHODS: dict[str, Entry] = {}
 
 
 def register(name: str, method: type, title: str, family: str | None = None, fixed: dict | None = None,
-             order: int = 50) -> Entry:
+             order: int = 50, default: bool = True) -> Entry:
     """Add a method under ``name``; a name registered twice is an error (two packages claiming one flag)."""
     if name in METHODS:
         raise ValueError(f"method {name!r} is registered twice ({METHODS[name].method.__module__} and {method.__module__})")
-    METHODS[name] = Entry(name, method, title, family or name, dict(fixed or {}), order)
+    METHODS[name] = Entry(name, method, title, family or name, dict(fixed or {}), order, default)
     return METHODS[name]
 
 
 register("g2rpo", G2RPO, "G²RPO", order=100)
 register("g2rpo-wo-mgai", G2RPO, "G²RPO w/o MGAI", family="g2rpo", fixed={"granular_list": (1,)}, order=90)
+
+
+def default_methods() -> list[str]:
+    """The runner's default ``--methods``: registered methods with ``default`` set, in registration order."""
+    return [n for n, e in METHODS.items() if e.default]
 
 
 def table_order() -> list[str]:

@@ -4,13 +4,15 @@ import dataclasses
 
 import pytest
 
+import g2rpo.registry as registry
+
 from baselines.dancegrpo import DanceGRPO, DanceGRPOConfig
 from benchmarks.plan import PlanError, make_plan, parse_sweep
 from benchmarks.run import main as run_main, parse_args, resolve
 from benchmarks.table import names, rank, title
 from g2rpo.config import OptimConfig
 from g2rpo.presets import ALL_FAMILIES, POCKET_LR, POCKET_LRS, preset
-from g2rpo.registry import METHODS, entry, knobs_for, make_method, register, table_order
+from g2rpo.registry import METHODS, default_methods, entry, knobs_for, make_method, register, table_order
 
 
 @dataclasses.dataclass
@@ -28,12 +30,10 @@ class Toy(DanceGRPO):
 
 @pytest.fixture
 def toy(monkeypatch):
-    monkeypatch.setattr("g2rpo.registry.METHODS", dict(METHODS))  # registered for this test only
-    import g2rpo.registry as reg
-
-    e = reg.register("toy", Toy, "Toy-GRPO")
+    monkeypatch.setattr(registry, "METHODS", dict(METHODS))  # registered for this test only
+    e = registry.register("toy", Toy, "Toy-GRPO")
     for module in ("benchmarks.plan", "benchmarks.run", "benchmarks.table"):
-        monkeypatch.setattr(f"{module}.METHODS", reg.METHODS, raising=False)
+        monkeypatch.setattr(f"{module}.METHODS", registry.METHODS, raising=False)
     return e
 
 
@@ -68,7 +68,9 @@ def test_the_pocket_learning_rate_reaches_every_registered_method(toy):
 def test_a_registered_method_is_in_the_default_plan_and_sweepable(toy):
     p, runs, _ = resolve(parse_args(["--sweep", "toy.toy_knob=0.25;0.5"]))
     planned = {(r.method, r.variant) for r in runs}
-    assert {(n, "default") for n in METHODS} <= planned and ("toy", "toy_knob=0.25") in planned
+    assert {(n, "default") for n in default_methods()} <= planned and ("toy", "toy_knob=0.25") in planned
+    assert "toy" in default_methods() and {r.method for r in resolve(parse_args(["--methods", "all"]))[1]} == \
+        {"base"} | set(registry.METHODS)
     assert ("toy", "toy_knob=0.5") not in planned  # the default's value: not run twice
     assert rank("toy") < rank("g2rpo") and title("toy") == "Toy-GRPO"
     with pytest.raises(PlanError, match="no knob 'nope'"):

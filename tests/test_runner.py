@@ -13,7 +13,7 @@ import torch
 from benchmarks.plan import PlanError, Sweep, make_plan, parse_knob, parse_sweep
 from g2rpo.presets import preset
 from baselines.flowgrpo import MultiReward
-from g2rpo.registry import METHODS, make_method
+from g2rpo.registry import default_methods, make_method
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def test_dry_run_json_is_the_cost_accounting():
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     p = preset("paper")
-    assert {x["method"] for x in rows} == set(METHODS)
+    assert {x["method"] for x in rows} == set(default_methods())
     for x in rows:
         over = {"granular_list": tuple(int(v) for v in x["variant"].split("=")[1].split(","))} if "=" in x["variant"] else {}
         c = make_method(x["method"], p.knobs, **over).cost(p.shared)
@@ -45,7 +45,7 @@ def test_flowgrpo_sd35_preset_is_a_valid_plan_for_every_method():
     """Flow-GRPO's own SD3.5 setting: every method validates against it, and its Flow-GRPO knobs are the official ones."""
     r = run("benchmarks.run", "--preset", "flowgrpo-sd35", "--dry-run", "--json")
     assert r.returncode == 0, r.stderr
-    assert {x["method"] for x in json.loads(r.stdout)} == set(METHODS)
+    assert {x["method"] for x in json.loads(r.stdout)} == set(default_methods())
     p = preset("flowgrpo-sd35")
     m = make_method("flowgrpo", p.knobs)
     assert (m.cfg.beta, m.ema.decay, m.ema.update_step_interval, m.ema.repeats) == (0.01, 0.9, 8, 2)
@@ -55,7 +55,7 @@ def test_lr_flag_sets_every_methods_learning_rate_only():
     r = run("benchmarks.run", "--dry-run", "--json", "--lr", "1e-4")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
-    assert len(rows) == len(METHODS) and all(x["knobs"]["lr"] == 1e-4 for x in rows)
+    assert len(rows) == len(default_methods()) and all(x["knobs"]["lr"] == 1e-4 for x in rows)
     p = preset("pocket")
     built = make_plan(p, ["dancegrpo"], 1, 2, "rounds", lr=1e-4)[1].build(p)
     official = make_method("dancegrpo", p.knobs)
@@ -153,7 +153,7 @@ def test_smoke_run_writes_tables_and_mlflow_runs(smoke):
 def test_smoke_run_reports_precision_curves_and_guards(smoke):
     out, _ = smoke
     prec = pd.read_csv(out / "precision.csv")
-    assert set(prec.method) == {"base"} | set(METHODS)
+    assert set(prec.method) == {"base"} | set(default_methods())
     assert (prec.mean_low <= prec["mean"]).all() and (prec["mean"] <= prec.mean_high).all()
     assert {"gap/brightness", "brightness"} <= set(prec.reward)  # the alignment gap of every in-domain reward
     poi = pd.read_csv(out / "improvement_brightness.csv")
