@@ -3,10 +3,12 @@ from g2rpo.registry import register
 
 from .dancegrpo import DanceGRPO
 from .flowgrpo import FlowGRPO
+from .flowgrpo_fast import FlowGRPOFast
 from .mixgrpo import MixGRPO
 
 BASELINES = (
     register("flowgrpo", FlowGRPO, "Flow-GRPO", order=30),
+    register("flowgrpo-fast", FlowGRPOFast, "Flow-GRPO-Fast", family="flowgrpo", order=35),
     register("dancegrpo", DanceGRPO, "DanceGRPO", order=10),
     register("mixgrpo", MixGRPO, "MixGRPO", order=20),
 )

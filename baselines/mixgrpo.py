@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 
 from g2rpo import advantages as A
 from g2rpo.config import MethodConfig, OptimConfig, SharedConfig
 from g2rpo.method import Cost
-from g2rpo.sde import flow_sde_g
 
-from .trajectory import TrajectoryMethod, check_positive_ints
+from .trajectory import TrajectoryMethod, check_positive_ints, window_g
 
 
 @dataclass
@@ -63,12 +61,7 @@ class MixGRPO(TrajectoryMethod):
         return list(range(s, min(s + self.cfg.window_size, n_steps - 2)))
 
     def step_g(self, sigmas, round_idx):
-        n = len(sigmas) - 1
-        g = torch.zeros(n)
-        w = self.candidate_steps(n, round_idx)
-        if w:
-            g[w] = flow_sde_g(sigmas[w], float(sigmas[1]), self.cfg.eta)
-        return g
+        return window_g(sigmas, self.candidate_steps(len(sigmas) - 1, round_idx), self.cfg.eta)
 
     def samples_per_step(self, n_samples):
         return self.cfg.gradient_accumulation_steps * self.cfg.world_size

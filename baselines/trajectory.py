@@ -14,13 +14,14 @@ from g2rpo.config import SharedConfig
 from g2rpo.method import Layout, Method, Rollout, Transitions
 from g2rpo.policy import Cond, FlowPolicy
 from g2rpo.sampling import _velocity
-from g2rpo.sde import predict_x0, sde_step
+from g2rpo.sde import flow_sde_g, predict_x0, sde_step
 
 
 @torch.no_grad()
 def sample_trajectories(policy: FlowPolicy, x_T: torch.Tensor, sigmas: torch.Tensor, g: torch.Tensor, cond: Cond,
                         noise: torch.Tensor, max_batch: int = 0, latent_dtype: torch.dtype | None = None):
-    """Run every row of ``x_T`` over ``sigmas`` with per-step coefficients ``g`` and noises ``noise`` (N, B, ...).
+    """Run every row of ``x_T`` over ``sigmas`` with per-step coefficients ``g`` ((N,), or (N, B) per row) and noises
+    ``noise`` (N, B, ...).
     ``latent_dtype`` (e.g. bf16) rounds each latent to it where it is fed to the next step (the model and the SDE
     step), as Flow-GRPO's pipeline casts latents back to the transformer's dtype; the returned latents stay fp32.
 
@@ -31,10 +32,20 @@ def sample_trajectories(policy: FlowPolicy, x_T: torch.Tensor, sigmas: torch.Ten
         s = sigmas[j].expand(len(x_T))
         x = xs[-1] if latent_dtype is None else xs[-1].to(latent_dtype).float()
         v = _velocity(policy, x, s, cond, max_batch)
-        out = sde_step(x, v, s, sigmas[j + 1], g[j], noise=noise[j] if g[j] > 0 else None)
+        out = sde_step(x, v, s, sigmas[j + 1], g[j], noise=noise[j] if bool((g[j] > 0).any()) else None)
         xs.append(out.sample)
         logps.append(out.log_prob)
     return torch.stack(xs), torch.stack(logps), predict_x0(x, v, sigmas[-2])
+
+
+def window_g(sigmas: torch.Tensor, steps, a: float) -> torch.Tensor:
+    """Flow-SDE coefficients (noise level ``a``) at ``steps`` and 0 (ODE) at every other step of ``sigmas``' N steps:
+    ``steps`` (S,) gives (N,); (B, S), one window per row, gives (N, B)."""
+    steps = torch.as_tensor(steps, dtype=torch.long)
+    g = flow_sde_g(sigmas[:-1], float(sigmas[1]), a)
+    on = torch.zeros(len(g), *steps.shape[:-1], dtype=torch.bool)
+    on.index_fill_(0, steps, True) if steps.ndim == 1 else on.scatter_(0, steps.T, True)
+    return torch.where(on, g.view(-1, *[1] * (steps.ndim - 1)), torch.zeros(()))
 
 
 def check_positive_ints(cfg, *knobs: str) -> None:
@@ -75,6 +86,14 @@ class TrajectoryMethod(Method):
         """Steps whose transitions are stored (a superset of the trained ones)."""
         raise NotImplementedError
 
+    def plan(self, sigmas: torch.Tensor, round_idx: int, noise, prompts: int, generations: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(steps, g): the (P*G, S) steps whose transitions each sample (prompt-major) stores, and the coefficients,
+        (N,) or (N, P*G) per sample. Default: ``candidate_steps`` and ``step_g`` for every sample. ``noise`` is the
+        rollout's (drawn from after the SDE noise), for methods that draw their steps per sample."""
+        steps = torch.tensor(self.candidate_steps(len(sigmas) - 1, round_idx), dtype=torch.long)  # may be empty
+        return steps.expand(prompts * generations, len(steps)), self.step_g(sigmas, round_idx)
+
     def select(self, n_samples: int, n_steps: int, gen: torch.Generator) -> torch.Tensor:
         """(n_samples, n_steps) bool over the candidate steps: which each sample trains. Default: all."""
         return torch.ones(n_samples, n_steps, dtype=torch.bool)
@@ -105,21 +124,20 @@ class TrajectoryMethod(Method):
         x_T = init_noise[:, :1].expand(P, G, *shape) if self.shared_noise() else init_noise
         x_T = x_T.reshape(P * G, *shape)
         n = len(sigmas) - 1
-        g = self.step_g(sigmas, round_idx)
         z = noise((n, G, *shape), dim=1).reshape(n, P * G, *shape)
+        st, g = self.plan(sigmas, round_idx, noise, P, G)  # st (P*G, S), S may be 0 (MixGRPO)
         rows_cond = cond[torch.arange(P).repeat_interleave(G).tolist()]
         xs, logp, x0 = sample_trajectories(policy, x_T, sigmas, g, rows_cond, z, shared.max_batch, self.rollout_dtype())
-        st = torch.tensor(self.candidate_steps(n, round_idx), dtype=torch.long)  # may be empty (MixGRPO)
-        S = len(st)
+        S, b = st.shape[1], torch.arange(P * G)[:, None]  # rows (sample, step), step fastest
         tr = Transitions(
             prompt=torch.arange(P).repeat_interleave(G * S),
-            k=st.repeat(P * G),
-            x=xs[st].transpose(0, 1).reshape(P * G * S, *shape),
-            sigma=sigmas[st].repeat(P * G),
-            sigma_next=sigmas[st + 1].repeat(P * G),
-            g=g[st].repeat(P * G),
-            x_next=xs[st + 1].transpose(0, 1).reshape(P * G * S, 1, *shape),
-            log_prob_old=logp[st].transpose(0, 1).reshape(P * G * S, 1),
+            k=st.reshape(-1),
+            x=xs[st, b].reshape(P * G * S, *shape),
+            sigma=sigmas[st].reshape(-1),
+            sigma_next=sigmas[st + 1].reshape(-1),
+            g=(g[st] if g.ndim == 1 else g[st, b]).reshape(-1),
+            x_next=xs[st + 1, b].reshape(P * G * S, 1, *shape),
+            log_prob_old=logp[st, b].reshape(P * G * S, 1),
         )
         final = x0 if self.image_from_x0_hat else xs[-1]
         return Rollout(images=policy.decode(final), image_prompt=torch.arange(P).repeat_interleave(G), transitions=tr,

@@ -23,13 +23,14 @@ pytestmark = pytest.mark.distributed
 # Flow-GRPO saves its weight average, which the official interval (8) would not move in 2 rounds' 4 optimizer steps:
 # moved every step, the saved running average covers every step (its shadows are sharded under FSDP as the weights)
 EMA = {"flowgrpo": ("--ema-update-step-interval", "1")}
+"""Keyed by family: Flow-GRPO-Fast is Flow-GRPO's trainer and saves the same average."""
 
 
 def train(out, method, world, *extra, rounds=2):
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"] if world > 1 \
         else [sys.executable]
     cmd = [*launch, "-m", "benchmarks.train", "--method", method, "--preset", "smoke", "--rounds", str(rounds),
-           "--threads", "1", "--save", str(out), *EMA.get(method, ()), *extra]
+           "--threads", "1", "--save", str(out), *EMA.get(METHODS[method].family, ()), *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-3000:]
     lines = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith("{")]

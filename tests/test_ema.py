@@ -41,8 +41,10 @@ def test_applied_swaps_in_the_average_and_restores_the_live_weights_on_error():
 
 
 def test_flowgrpo_keeps_the_official_average_and_the_others_none():
-    assert make_method("flowgrpo").ema == EMAConfig(decay=0.9, update_step_interval=8, repeats=1, warmup=True)
-    assert all(make_method(m).ema is None for m in METHODS if m != "flowgrpo")
+    official = EMAConfig(decay=0.9, update_step_interval=8, repeats=1, warmup=True)
+    assert make_method("flowgrpo").ema == official
+    assert make_method("flowgrpo-fast").ema == official  # the same trainer (official fast presets: train.ema)
+    assert all(make_method(m).ema is None for m in METHODS if METHODS[m].family != "flowgrpo")
 
 
 def test_trainer_moves_the_average_after_the_right_optimizer_step():
