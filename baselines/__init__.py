@@ -8,7 +8,7 @@ from .mixgrpo import MixGRPO
 
 BASELINES = (
     register("flowgrpo", FlowGRPO, "Flow-GRPO", order=30),
-    register("flowgrpo-fast", FlowGRPOFast, "Flow-GRPO-Fast", family="flowgrpo", order=35),
+    register("flowgrpo-fast", FlowGRPOFast, "Flow-GRPO-Fast", family="flowgrpo", order=35, default=False),
     register("dancegrpo", DanceGRPO, "DanceGRPO", order=10),
     register("mixgrpo", MixGRPO, "MixGRPO", order=20),
 )
