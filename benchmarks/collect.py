@@ -55,7 +55,6 @@ def trained_with(side: dict) -> dict:
 
 def refuse_incomparable(folder: Path, rec: dict, first: Path, ref: dict) -> None:
     """CollectError unless the model of ``folder`` was trained with the comparable shared settings of ``first``'s."""
-
     both = [k for k in rec if k in ref]
     diff = ", ".join(k for k in both if k != "comparable_digest" and rec[k] != ref[k])
     if diff:
@@ -72,7 +71,6 @@ def refuse_incomparable(folder: Path, rec: dict, first: Path, ref: dict) -> None
 
 def read_evaluation(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict | None]:
     """(table row, per-image scores, the image metadata, ``trained_with`` its sidecar or None for the base model)."""
-
     try:
         meta = pd.DataFrame([json.loads(ln) for ln in (folder / "metadata.jsonl").read_text().splitlines() if ln.strip()])
         scores = pd.read_csv(folder / "scores.csv")

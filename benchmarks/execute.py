@@ -257,5 +257,4 @@ def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: l
 
 def peak_rss_gb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -55,8 +55,6 @@ class NotComparable(RuntimeError):
 def comparable_params(params: dict) -> dict[str, str]:
     """A run's shared settings that every run of a table must share, as its ``shared.*`` params record them (all but
     ``g2rpo.config.PER_RUN``); a field of ``ADDED_LATER`` that the run predates counts as its default."""
-
-
     block = {k[len("shared."):]: v for k, v in params.items() if k.startswith("shared.")}
     block = {k: v for k, v in block.items() if k.split(".")[0] not in PER_RUN}
     if block:
@@ -68,8 +66,6 @@ def comparable_params(params: dict) -> dict[str, str]:
 def refuse_incomparable(blocks: dict[str, dict[str, str]]) -> None:
     """NotComparable naming a run (label -> comparable params) that differs from the most common block, and a run of
     that block; runs that record no shared settings are not checked (nothing to compare)."""
-
-
     blocks = {label: b for label, b in blocks.items() if b}
     key = {label: tuple(sorted(b.items())) for label, b in blocks.items()}
     common = Counter(key.values()).most_common(1)
@@ -234,7 +230,6 @@ def load_scores(client, df, main_steps: int, tag: str = "") -> dict[str, list[pd
 
 def precision_tables(client, df, scores, ind, ood, main_steps, out) -> list[Path]:
     """The precision summaries, the probability of improvement per in-domain reward and the noise floor."""
-
     gaps = [f"gap/{m}" for m in ind if f"gap/{m}" in scores[BASE][0]] if BASE in scores else []
     files = precision.summary_table(scores, ind + gaps, names(), out)
     for rew in ind:
