@@ -1,6 +1,10 @@
 """Shared tiny set-ups for tests: a random FLUX-class policy, hashed text, weight-free rewards."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from g2rpo.config import OptimConfig, SharedConfig
@@ -32,3 +36,11 @@ def rollout(method, sh: SharedConfig, policy=None, round_idx: int = 0):
 
 def no_decay(lr: float = 1e-3) -> OptimConfig:
     return OptimConfig(lr=lr, weight_decay=0.0)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_module(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """``python -m <args>`` from the repository root (an entry point as users run it), output captured."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout)

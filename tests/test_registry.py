@@ -1,6 +1,7 @@
 """The method registry: methods register themselves, a preset's shared rules reach every registered method, and the
 runner and tables take every method from it (no list of names to extend)."""
 import dataclasses
+import json
 
 import pytest
 
@@ -13,6 +14,7 @@ from benchmarks.table import names, rank, title
 from g2rpo.config import OptimConfig
 from g2rpo.presets import ALL_FAMILIES, POCKET_LR, POCKET_LRS, preset
 from g2rpo.registry import METHODS, default_methods, entry, knobs_for, make_method, register, table_order
+from tests.helpers import run_module
 
 
 @dataclasses.dataclass
@@ -104,3 +106,19 @@ def test_sweep_tables_group_runs_by_the_one_knob_they_differ_in(tmp_path):
     assert list(lam["Λ"]) == ["{1}", "{1,2}", "{1,2,3}"] and list(lam["eval/x|mean"]) == [1.5, 2.5, 3.5]
     assert list(pd.read_csv(tmp_path / "table_eta_steps.csv")["M"]) == ["{0,1}", "{0,1,2,3}"]
     assert list(pd.read_csv(tmp_path / "table_sweep_dancegrpo_eta.csv")["eval/x|mean"]) == [5.5, 7.5]
+
+
+@pytest.mark.parametrize("name", ["paper", "pocket"])
+def test_the_dry_run_shows_every_registered_methods_cost(name):
+    """One dry run of every registered method: its per-prompt numbers are the method's cost() (and the official count
+    where it differs), the knobs its config's."""
+    r = run_module("benchmarks.run", "--preset", name, "--methods", "all", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {x["method"]: x for x in json.loads(r.stdout)}
+    assert set(rows) == set(METHODS)
+    p = preset(name)
+    for method, row in rows.items():
+        c = make_method(method, p.knobs).cost(p.shared)
+        assert (row["nfe_rollout_per_prompt"], row["nfe_train_per_prompt"], row["nfe_reference_per_prompt"],
+                row["images_scored_per_prompt"]) == (c.nfe_rollout, c.nfe_train, c.nfe_reference, c.images_scored), method
+        assert row["nfe_rollout_per_prompt_official"] == (c.nfe_rollout_official or c.nfe_rollout), method

@@ -2,9 +2,6 @@
 import dataclasses
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,12 +11,11 @@ from benchmarks.plan import PlanError, Sweep, make_plan, parse_knob, parse_sweep
 from g2rpo.presets import preset
 from baselines.flowgrpo import MultiReward
 from g2rpo.registry import default_methods, make_method
+from tests.helpers import run_module
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args, cwd=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout)
+run = run_module
 
 
 def test_dry_run_json_is_the_cost_accounting():
