@@ -26,6 +26,8 @@ from g2rpo.config import MethodConfig, SharedConfig
 from g2rpo.granular import G2RPO, G2RPOConfig
 from g2rpo.method import Cost, Layout, Method, Rollout, Transitions
 
+from .trajectory import check_positive_ints
+
 
 def noise_aware_weights(std: torch.Tensor) -> torch.Tensor:
     """Paper Eq. 8's Norm(sigma_t sqrt(dt)): the per-step transition stds ``std`` (S,) divided by their mean, so the
@@ -96,14 +98,11 @@ class TempFlowGRPO(Method):
             raise ValueError(f"adv_group must be 'seed' or 'prompt', got {cfg.adv_group!r}")
         if cfg.weighting not in ("noise", "none"):
             raise ValueError(f"weighting must be 'noise' or 'none', got {cfg.weighting!r}")
-        s = cfg.optimizer_steps_per_round
-        if not isinstance(s, int) or isinstance(s, bool) or s < 1:
-            raise ValueError(f"optimizer_steps_per_round must be an integer >= 1, got {s!r}")
+        check_positive_ints(cfg, "optimizer_steps_per_round")
         g2, sub = self.branching(shared)
         g2.validate(sub)  # branch_steps distinct in [0, N-2], K >= 2, the noise level
 
     def rollout(self, policy, cond, init_noise, noise, shared, round_idx=0) -> Rollout:
-        self.validate(shared)
         P, G, shape = init_noise.shape[0], init_noise.shape[1], init_noise.shape[2:]
         N = self.seeds(G)
         K, M = G // N, len(self.steps(shared))

@@ -63,9 +63,9 @@ def resolve(a) -> tuple[Preset, list[RunSpec], list[int]]:
         p = dataclasses.replace(p, shared=dataclasses.replace(p.shared, compile=a.compile))
     named = {"all": list(METHODS), "default": default_methods()}
     methods = named.get(a.methods.strip()) or [m.strip() for m in a.methods.split(",") if m.strip()]
-    aliased = [(flag, f"{target}={getattr(a, flag[2:].replace('-', '_'))}") for flag, target in ALIASES.items()
-               if getattr(a, flag[2:].replace("-", "_")).strip()]
-    sweeps = [parse_sweep(text, flag) for flag, text in aliased + [("--sweep", t) for t in a.sweep]]
+    given = {flag: getattr(a, flag[2:].replace("-", "_")) for flag in ALIASES}
+    sweeps = [parse_sweep(f"{ALIASES[flag]}={text}", flag) for flag, text in given.items() if text.strip()]
+    sweeps += [parse_sweep(text) for text in a.sweep]
     try:
         steps = [int(s) for s in a.inference_steps.split(",") if s.strip()]
     except ValueError:

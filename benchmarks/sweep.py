@@ -122,9 +122,10 @@ def main(argv=None) -> int:
     try:
         p = get_preset(a.preset)
         fams = [f.strip() for f in a.families.split(",") if f.strip()]
-        bad = [f for f in fams if f not in families()]
+        known = families()
+        bad = [f for f in fams if f not in known]
         if bad or not fams:
-            raise ValueError(f"--families: unknown {bad or 'empty list'}; choose from {', '.join(families())}")
+            raise ValueError(f"--families: unknown {bad or 'empty list'}; choose from {', '.join(known)}")
         lrs = [float(x) for x in a.lrs.split(",") if x.strip()]
         if not lrs or any(not 0 < lr < 1 for lr in lrs):
             raise ValueError(f"--lrs: expected learning rates in (0, 1), got {a.lrs!r}")
