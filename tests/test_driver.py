@@ -37,3 +37,20 @@ def test_driver_stops_on_a_non_finite_loss(monkeypatch):
     monkeypatch.setattr(d.trainer, "step", lambda: {"round": 0, "loss": float("nan")})
     with pytest.raises(FloatingPointError, match="non-finite loss at round 0"):
         next(d.rounds(2))
+
+
+def test_state_saves_are_not_training_seconds(tmp_path, monkeypatch):
+    """A clock that only the state save moves: the training seconds stay where the rounds left them."""
+    import benchmarks.driver as driver
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(driver.time, "perf_counter", lambda: clock["now"])
+    real_save = driver.save_train_state
+
+    def slow_save(*args):
+        clock["now"] += 100.0
+        return real_save(*args)
+
+    monkeypatch.setattr(driver, "save_train_state", slow_save)
+    d = Driver(trainer(make_method("g2rpo", {"g2rpo": {"eta_step_list": (0,)}}), shared(rounds=2)), tmp_path)
+    assert len(list(d.rounds(2))) == 2 and d.elapsed() == 0.0
