@@ -2,6 +2,7 @@
 from g2rpo.registry import register
 
 from .dancegrpo import DanceGRPO
+from .diffusionnft import DiffusionNFT
 from .flowgrpo import FlowGRPO
 from .flowgrpo_fast import FlowGRPOFast
 from .mixgrpo import MixGRPO
@@ -13,5 +14,6 @@ BASELINES = (
     register("dancegrpo", DanceGRPO, "DanceGRPO", order=10),
     register("mixgrpo", MixGRPO, "MixGRPO", order=20),
     register("tempflowgrpo", TempFlowGRPO, "TempFlow-GRPO", order=40, default=False),
+    register("diffusionnft", DiffusionNFT, "DiffusionNFT", order=50, default=False),
 )
 """The registry entries, in registration order: the one line a new baseline adds (README, "Adding a method")."""

@@ -72,13 +72,13 @@ class FlowGRPOConfig(MethodConfig):
 
 
 
-class FlowGRPO(TrajectoryMethod):
-    name = "flowgrpo"
-    config_class = FlowGRPOConfig
-    cfg: FlowGRPOConfig
+class OfficialLoRA:
+    """The LoRA recipe of the Flow-GRPO codebase (Flow-GRPO; DiffusionNFT, built on it, has the same ranks, targets and
+    AdamW): a config with ``use_lora`` and ``optim`` (None = the official LoRA rate ``LORA_OPTIM``). Mixed in before
+    the ``Method`` base."""
 
-    def __init__(self, cfg: FlowGRPOConfig | None = None) -> None:
-        cfg = cfg or FlowGRPOConfig()
+    def __init__(self, cfg=None) -> None:
+        cfg = cfg or self.config_class()
         self.lr_given = cfg.optim is not None
         super().__init__(cfg if self.lr_given else dataclasses.replace(cfg, optim=dataclasses.replace(LORA_OPTIM)))
 
@@ -86,6 +86,19 @@ class FlowGRPO(TrajectoryMethod):
         if shared.lora or not self.cfg.use_lora:
             return shared.lora
         return "flowgrpo-sd3" if architecture(shared.model) == "sd3" else "flowgrpo-flux"
+
+    def check_lora(self, shared: SharedConfig) -> None:
+        if shared.lora and not self.cfg.use_lora:
+            raise ValueError(f"use_lora=False contradicts the shared lora={shared.lora!r}")
+        if not self.lora(shared) and not self.lr_given:
+            raise ValueError(f"a full fine-tune (use_lora=False) at lr {LORA_OPTIM.lr:g}, the official LoRA rate; "
+                             "set the learning rate explicitly (--lr, or optim in the preset's knobs)")
+
+
+class FlowGRPO(OfficialLoRA, TrajectoryMethod):
+    name = "flowgrpo"
+    config_class = FlowGRPOConfig
+    cfg: FlowGRPOConfig
 
     def validate(self, shared: SharedConfig) -> None:
         super().validate(shared)
@@ -96,11 +109,7 @@ class FlowGRPO(TrajectoryMethod):
         if self.cfg.latent_dtype not in ("fp32", "bf16"):
             raise ValueError(f"latent_dtype must be 'fp32' or 'bf16', got {self.cfg.latent_dtype!r}")
         check_positive_ints(self.cfg, "num_batches_per_epoch", "world_size", "optimizer_steps_per_round")
-        if shared.lora and not self.cfg.use_lora:
-            raise ValueError(f"use_lora=False contradicts the shared lora={shared.lora!r}")
-        if not self.lora(shared) and not self.lr_given:
-            raise ValueError(f"a full fine-tune (use_lora=False) at lr {LORA_OPTIM.lr:g}, the official LoRA rate; "
-                             "set the learning rate explicitly (--lr, or optim in the preset's knobs)")
+        self.check_lora(shared)
 
     def setup(self, policy):
         if self.cfg.beta > 0:

@@ -46,6 +46,20 @@ def moves_at(step: int, cfg: EMAConfig) -> bool:
     return (step + 1) % cfg.update_step_interval == 0
 
 
+@contextlib.contextmanager
+@torch.no_grad()
+def swapped(params: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]):
+    """The block sees ``weights`` in ``params``; afterwards the live values are back bit for bit, also on an error."""
+    live = {n: p.detach().clone() for n, p in params.items()}
+    try:
+        for n, p in params.items():
+            p.copy_(weights[n])
+        yield
+    finally:
+        for n, p in params.items():
+            p.copy_(live[n])
+
+
 class EMA:
     """Shadow copies of named parameters, moved by ``step`` and swapped in by ``applied``."""
 
@@ -65,18 +79,9 @@ class EMA:
                 s.add_((1 - keep) * (p.detach() - s))
         return True
 
-    @contextlib.contextmanager
-    @torch.no_grad()
     def applied(self, params: dict[str, torch.nn.Parameter]):
         """The block sees the averaged weights; afterwards the live ones are back bit for bit, also on an error."""
-        live = {n: p.detach().clone() for n, p in params.items()}
-        try:
-            for n, p in params.items():
-                p.copy_(self.shadow[n])
-            yield
-        finally:
-            for n, p in params.items():
-                p.copy_(live[n])
+        return swapped(params, self.shadow)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)

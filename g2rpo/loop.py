@@ -14,14 +14,12 @@ import torch
 from .config import SharedConfig
 from .distributed import DataParallel
 from .ema import EMA
-from .loss import ppo_clip_loss
 from .method import Method, Transitions, nfe_per_round
 from .models.lora import LORA_PRESETS, add_lora, has_lora
 from .models.precision import enable_memory_savers
 from .policy import Cond, FlowPolicy, TextEncoder, warm_up
 from .rewards import Reward
 from .schedules import TimestepConvention
-from .sde import sde_step
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +138,7 @@ class Trainer:
         self.optimizer_steps = 0
         """Optimizer steps over the whole run (the EMA schedule's step s)."""
         self.ema = EMA(self._trained(), method.ema) if method.ema is not None else None
+        method.attach(self._trained())
 
     def _trained(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.policy.named_parameters() if p.requires_grad}
@@ -191,6 +190,7 @@ class Trainer:
             stats = self.method.advantages(view, rewards, shared.rewards)
             groups = self.method.update_groups(view, generator(shared.seed, "train", r))
             upd = self.update(ro.transitions, cond, dp.localise(view, ro, groups))
+        self.method.end_round(self.optimizer_steps)
         t3 = time.perf_counter()
         metrics = {"round": r, **stats, **upd, "nonfinite_images": int((~valid).sum()), "skipped": int(skipped)}
         for m, v in rewards.items():
@@ -208,9 +208,9 @@ class Trainer:
 
     def update(self, tr: Transitions, cond: Cond, groups: list[torch.Tensor]) -> dict:
         """One optimizer step per group of rows; within a group the loss is the mean over trained (row, member) pairs of
-        their loss times ``Method.loss_weight``."""
-        policy, method, shape = self.policy, self.method, tr.x.shape[1:]
-        trained, n = tr.trained(), tr.n
+        their loss (``Method.policy_loss`` + ``Method.extra_loss``) times ``Method.loss_weight``."""
+        policy, method = self.policy, self.method
+        trained = tr.trained()
         params = [p for p in policy.parameters() if p.requires_grad]
         losses, ratios, clipped, norms, first_dev, nonfinite_steps = [], [], [], [], None, 0
         for rows in groups:
@@ -226,11 +226,7 @@ class Trainer:
             for i, chunk in enumerate(chunks + [torch.zeros(1, dtype=torch.long)] * pad):
                 c = cond[tr.prompt[chunk].tolist()]
                 v = policy(tr.x[chunk], tr.sigma[chunk], c)
-                L = len(chunk)
-                rep = lambda t: t.repeat_interleave(n, 0)  # noqa: E731
-                out = sde_step(rep(tr.x[chunk]), rep(v), rep(tr.sigma[chunk]), rep(tr.sigma_next[chunk]),
-                               rep(tr.g[chunk]), next_sample=tr.x_next[chunk].reshape(L * n, *shape))
-                per, ratio = ppo_clip_loss(out.log_prob.view(L, n), tr.log_prob_old[chunk], tr.adv[chunk], method.clip_range)
+                per, ratio = method.policy_loss(tr, chunk, v)
                 per = per + method.extra_loss(policy, tr, chunk, v, c)
                 if (w := method.loss_weight(tr, chunk)) is not None:
                     per = per * w

@@ -9,8 +9,9 @@ Must provide:
   ``update_groups``    which transitions are trained, and the rows of each optimizer step.
   ``cost``             model evaluations and reward calls per prompt and round, from the config alone.
   ``optimizer_steps``  optimizer steps of a round with every sample trained.
-May override: ``setup``, ``validate``, ``lora``, ``extra_loss``, ``loss_weight``, ``state_dict``/``load_state_dict``
-(defaults: nothing, the shared checks, the shared LoRA, no extra loss, weight 1, no state of its own).
+May override: ``setup``, ``attach``, ``end_round``, ``validate``, ``lora``, ``policy_loss``, ``extra_loss``,
+``loss_weight``, ``state_dict``/``load_state_dict`` (defaults: nothing, nothing, nothing, the shared checks, the shared
+LoRA, the clipped PPO term on the Gaussian step's likelihood, no extra loss, weight 1, no state of its own).
 
 Its config inherits ``g2rpo.config.MethodConfig`` (clip_range, adv_clip_max, optim, ema), overriding only defaults
 its official code sets differently; ``Method(cfg)`` keeps it (default ``config_class()``), and its ``asdict`` is the
@@ -30,7 +31,9 @@ import torch
 
 from .config import MethodConfig, OptimConfig, SharedConfig
 from .ema import EMAConfig
+from .loss import ppo_clip_loss
 from .policy import Cond, FlowPolicy
+from .sde import sde_step
 
 
 @dataclass
@@ -62,6 +65,9 @@ class Transitions:
     """(R, n) advantages, filled by the method."""
     mask: torch.Tensor | None = None
     """(R, n) bool, which (row, member) pairs are trained; None = all."""
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per-row tensors (R, ...) a method's ``policy_loss`` reads besides the fields above (DiffusionNFT's old-policy
+    velocity); this process's rows only, never in the distributed global view."""
 
     @property
     def n(self) -> int:
@@ -147,6 +153,14 @@ class Method:
     def setup(self, policy: FlowPolicy) -> None:
         """Called once by the trainer before the first round (e.g. to freeze a reference copy)."""
 
+    def attach(self, params: dict[str, torch.nn.Parameter]) -> None:
+        """Called once by the trainer after ``setup`` and the data-parallel wrap, with the trained parameters by name as
+        the optimizer sees them (sharded under FSDP): where a method keeps its own copy of them (DiffusionNFT's old
+        policy), so that ``state_dict`` has its final shapes before a resume loads into it."""
+
+    def end_round(self, optimizer_steps: int) -> None:
+        """Called after each round's update (a skipped round's too) with the run's optimizer steps so far."""
+
     def validate(self, shared: SharedConfig) -> None:
         """Raise ValueError for knobs that do not fit the shared settings, before any model work."""
         if shared.num_generations < 2:
@@ -185,6 +199,16 @@ class Method:
     def optimizer_steps(self, shared: SharedConfig) -> int:
         """Optimizer steps of a round in which every sample is trained (the dry run shows it)."""
         raise NotImplementedError
+
+    def policy_loss(self, tr: Transitions, rows: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy term per (row, member) of ``rows`` given the policy's velocity ``v`` (L, C, H, W) at (x, sigma),
+        and the likelihood ratio per pair (ones where a method has none): ((L, n), (L, n)). Default: the clipped PPO
+        term of the Gaussian step sigma -> sigma_next that scored ``x_next`` at rollout (every GRPO method)."""
+        L, n = len(rows), tr.n
+        rep = lambda t: t.repeat_interleave(n, 0)  # noqa: E731  the n members share the row's start latent
+        out = sde_step(rep(tr.x[rows]), rep(v), rep(tr.sigma[rows]), rep(tr.sigma_next[rows]), rep(tr.g[rows]),
+                       next_sample=tr.x_next[rows].reshape(L * n, *tr.x.shape[1:]))
+        return ppo_clip_loss(out.log_prob.view(L, n), tr.log_prob_old[rows], tr.adv[rows], self.clip_range)
 
     def extra_loss(self, policy: FlowPolicy, tr: Transitions, rows: torch.Tensor, v: torch.Tensor,
                    cond: Cond) -> torch.Tensor:

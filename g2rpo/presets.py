@@ -81,7 +81,7 @@ to a 2.4M-parameter model; one rate chosen for one method would favour that meth
 
 POCKET_KNOBS = {"g2rpo": {"eta_step_list": (0, 1, 2, 3), "granular_list": (1, 2)},
                 # every method fine-tunes all of the 2.4M-parameter pocket model (equal settings), Flow-GRPO included
-                "flowgrpo": {"use_lora": False},
+                "flowgrpo": {"use_lora": False}, "diffusionnft": {"use_lora": False},
                 # one process, one group per optimizer step: 2 steps per round of 2 prompts x 8 (the official
                 # recipes take 3 (DanceGRPO) and 4 (MixGRPO) steps per round of 16 and 32 prompts x 12)
                 "dancegrpo": {"gradient_accumulation_steps": 8, "world_size": 1},

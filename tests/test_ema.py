@@ -1,4 +1,6 @@
 """Weight averaging for evaluation (g2rpo.ema): Flow-GRPO's official schedule, its place in the Trainer, its state."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -44,7 +46,9 @@ def test_flowgrpo_keeps_the_official_average_and_the_others_none():
     official = EMAConfig(decay=0.9, update_step_interval=8, repeats=1, warmup=True)
     assert make_method("flowgrpo").ema == official
     assert make_method("flowgrpo-fast").ema == official  # the same trainer (official fast presets: train.ema)
-    assert all(make_method(m).ema is None for m in METHODS if METHODS[m].family != "flowgrpo")
+    # DiffusionNFT (same codebase) averages after every optimizer step: official EMAModuleWrapper(decay=0.9, interval 1)
+    assert make_method("diffusionnft").ema == dataclasses.replace(official, update_step_interval=1)
+    assert all(make_method(m).ema is None for m in METHODS if METHODS[m].family not in ("flowgrpo", "diffusionnft"))
 
 
 def test_trainer_moves_the_average_after_the_right_optimizer_step():

@@ -66,7 +66,8 @@ def test_sd3_true_cfg_equals_two_separate_calls_and_counts_rows():
 
 
 KNOBS = {"g2rpo": {"eta_step_list": (0, 2)}, "dancegrpo": {"gradient_accumulation_steps": 4, "world_size": 1},
-         "mixgrpo": {"gradient_accumulation_steps": 4, "world_size": 1}, "flowgrpo": {"beta": 0.04, "use_lora": False}}
+         "mixgrpo": {"gradient_accumulation_steps": 4, "world_size": 1}, "flowgrpo": {"beta": 0.04, "use_lora": False},
+         "diffusionnft": {"use_lora": False}}
 
 
 @pytest.mark.parametrize("name", list(METHODS))
