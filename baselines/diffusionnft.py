@@ -213,11 +213,14 @@ class DiffusionNFT(OfficialLoRA, Method):
     def advantages(self, rollout, rewards, weights) -> dict:
         lay = rollout.layout
         P, G, T = lay.prompts, lay.generations, lay.steps
-        r = sum(weights[m] * v.view(P, G) for m, v in rewards.items())  # official `multi_score` 'avg'
+        total = sum(weights[m] * v.view(P, G) for m, v in rewards.items())  # official `multi_score` 'avg'
         if not self.cfg.per_prompt_stat_tracking:
-            r = r.reshape(1, P * G)  # one group: the round's mean, population std
-        adv = (A.global_std_advantage(r) if self.cfg.global_std else A.per_group_std_advantage(r)).reshape(P * G, 1)
-        rollout.transitions.adv = adv.repeat_interleave(T, 0)
+            total = total.reshape(1, P * G)  # one group: the round's mean, population std
+        adv = (A.global_std_advantage(total) if self.cfg.global_std else A.per_group_std_advantage(total)).reshape(P * G, 1)
+        tr = rollout.transitions
+        tr.adv = adv.repeat_interleave(T, 0)
+        # an image without a finite reward is not trained: r = 1/2 would still pull both implicit policies to it
+        tr.mask = torch.isfinite(total).reshape(P * G, 1).repeat_interleave(T, 0)
         r = optimality_prob(adv, self.cfg.adv_clip_max, self.cfg.adv_mode)
         return {"adv_abs_mean": adv.abs().mean().item(), "optimality_mean": r.mean().item()}
 

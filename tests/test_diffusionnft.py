@@ -147,6 +147,9 @@ def test_advantages_and_update_groups():
     groups = m.update_groups(ro, torch.Generator().manual_seed(0))
     assert len(groups) == 2 == m.optimizer_steps(sh) and sorted(torch.cat(groups).tolist()) == list(range(40))
     assert all(torch.equal(g.view(-1, 5) % 5, torch.arange(5).expand(len(g) // 5, 5)) for g in groups)  # whole samples
+    assert ro.transitions.mask.all()
+    m.advantages(ro, {"a": torch.where(torch.arange(8) == 3, float("nan"), r)}, {"a": 1.0})
+    assert ro.transitions.mask[:, 0].tolist() == [i // 5 != 3 for i in range(40)]
     m2 = nft(per_prompt_stat_tracking=False)
     m2.advantages(ro, {"a": r}, {"a": 1.0})
     torch.testing.assert_close(ro.transitions.adv[::5, 0], (r - r.mean()) / (r.std(unbiased=False) + 1e-4))
