@@ -1,6 +1,7 @@
 """The paper's baselines on the shared core; importing the package registers them (``g2rpo.registry``)."""
 from g2rpo.registry import register
 
+from .branchgrpo import BranchGRPO
 from .dancegrpo import DanceGRPO
 from .diffusionnft import DiffusionNFT
 from .flowgrpo import FlowGRPO
@@ -14,6 +15,7 @@ BASELINES = (
     register("dancegrpo", DanceGRPO, "DanceGRPO", order=10),
     register("mixgrpo", MixGRPO, "MixGRPO", order=20),
     register("tempflowgrpo", TempFlowGRPO, "TempFlow-GRPO", order=40, default=False),
+    register("branchgrpo", BranchGRPO, "BranchGRPO", order=45, default=False),
     register("diffusionnft", DiffusionNFT, "DiffusionNFT", order=50, default=False),
 )
 """The registry entries, in registration order: the one line a new baseline adds (README, "Adding a method")."""
