@@ -85,7 +85,9 @@ POCKET_KNOBS = {"g2rpo": {"eta_step_list": (0, 1, 2, 3), "granular_list": (1, 2)
                 # one process, one group per optimizer step: 2 steps per round of 2 prompts x 8 (the official
                 # recipes take 3 (DanceGRPO) and 4 (MixGRPO) steps per round of 16 and 32 prompts x 12)
                 "dancegrpo": {"gradient_accumulation_steps": 8, "world_size": 1},
-                "mixgrpo": {"gradient_accumulation_steps": 8, "world_size": 1}}
+                "mixgrpo": {"gradient_accumulation_steps": 8, "world_size": 1},
+                # likewise one tree's edges per step: the pocket tree (splits 0, 1, 3 of 10 steps, 8 leaves) has 66
+                "branchgrpo": {"gradient_accumulation_steps": 66, "world_size": 1}}
 
 
 def _with_lr(knobs: dict[str, dict], lrs: dict[str, float], default: float) -> dict[str, dict]:
