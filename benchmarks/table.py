@@ -528,9 +528,12 @@ def write_readme(parent, df, files, out: Path, uri: str, experiment: str) -> Pat
              f"- MLflow parent run `{parent.info.run_id}`; rebuild these files from the store with "
              f"`python -m benchmarks.table --tracking-uri {shown_uri(uri)} --experiment {experiment}`",
              f"- rewards: {t.get('rewards')}"]
-    lines += [f"- {text}: [`{name}`]({name})" for name, text in (
-        ("sweep.md", "learning rates, selected per method family on the train prompts"),
-        ("SIGNAL.md", "what was tried to give this benchmark a signal, and what each gave")) if (out / name).exists()]
+    sweeps = [p.relative_to(out).as_posix() for p in sweep_files(out, "sweep.md")]
+    if sweeps:
+        lines += ["- learning rates, selected per method family on the train prompts: "
+                  + ", ".join(f"[`{name}`]({name})" for name in sweeps)]
+    if (out / "SIGNAL.md").exists():
+        lines += ["- what was tried to give this benchmark a signal, and what each gave: [`SIGNAL.md`](SIGNAL.md)"]
     lines += [""]
 
     lines += summary_lines(out, [m for m in t.get("in_domain", "").split(",") if m], names())
@@ -539,6 +542,12 @@ def write_readme(parent, df, files, out: Path, uri: str, experiment: str) -> Pat
             lines += [f.read_text(), ""]
     lines += [f"![{f.stem}]({f.name})" for f in files if f.suffix == ".png"]
     return write_text(out / "README.md", "\n".join(lines) + "\n")
+
+
+def sweep_files(out: Path, name: str) -> list[Path]:
+    """``benchmarks.sweep``'s ``name`` files in ``out`` and its subfolders (a family registered later has its own
+    sweep beside the first), not MLflow's artifact copies."""
+    return sorted(p for p in out.rglob(name) if "mlartifacts" not in p.relative_to(out).parts)
 
 
 def main(argv=None) -> int:

@@ -73,7 +73,9 @@ POCKET_LR = 3e-5
 ``pocket``, the rate of a family ``benchmarks.sweep`` has not selected one for (a method added later), never its
 official rate (tuned for another model size)."""
 
-POCKET_LRS = {"g2rpo": 3e-5, "flowgrpo": 3e-5, "dancegrpo": 3e-5, "mixgrpo": 3e-5}
+POCKET_LRS = {"g2rpo": 3e-5, "flowgrpo": 3e-5, "dancegrpo": 3e-5, "mixgrpo": 3e-5,
+              # the families registered later, swept by the same rule for results/pocket-all
+              "tempflowgrpo": 3e-5, "diffusionnft": 3e-5, "branchgrpo": 3e-5}
 """Each method family's learning rate on the pocket preset, selected by ``python -m benchmarks.sweep`` (the rule and
 the numbers: ``results/pocket/sweep.md``; ``tests/test_sweep.py`` checks these equal its selection). The official
 rates are tuned for a 12B FLUX (G2RPO 2e-6, DanceGRPO/MixGRPO 1e-5) or a LoRA (Flow-GRPO 3e-4) and none transfers
@@ -91,9 +93,10 @@ POCKET_KNOBS = {"g2rpo": {"eta_step_list": (0, 1, 2, 3), "granular_list": (1, 2)
 
 
 def _with_lr(knobs: dict[str, dict], lrs: dict[str, float], default: float) -> dict[str, dict]:
-    """Each family's knobs with its learning rate; every other family (``ALL_FAMILIES``) at ``default``."""
+    """Each family's knobs (those in ``knobs`` or ``lrs``) with its learning rate; every other family
+    (``ALL_FAMILIES``) at ``default``."""
     return {ALL_FAMILIES: {"optim": OptimConfig(lr=default)}} | {
-        f: k | {"optim": OptimConfig(lr=lrs.get(f, default))} for f, k in knobs.items()}
+        f: knobs.get(f, {}) | {"optim": OptimConfig(lr=lrs.get(f, default))} for f in {**knobs, **lrs}}
 
 
 PRESETS: dict[str, Preset] = {
