@@ -38,6 +38,13 @@ def no_decay(lr: float = 1e-3) -> OptimConfig:
     return OptimConfig(lr=lr, weight_decay=0.0)
 
 
+def configured(method_class, lr: float = 1e-4, **knobs):
+    """``method_class`` with its config's defaults but ``knobs``, trained by AdamW at ``lr`` without weight decay."""
+    m = method_class(method_class.config_class(**knobs))
+    m.optim = no_decay(lr)  # the property sets cfg.optim too
+    return m
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

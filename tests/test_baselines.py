@@ -120,7 +120,7 @@ def small(name):
     knobs = {"g2rpo": {"eta_step_list": (0, 2)}, "dancegrpo": {"gradient_accumulation_steps": 4, "world_size": 1},
              "mixgrpo": {"gradient_accumulation_steps": 4, "world_size": 1}, "flowgrpo": {"beta": 0.04}}
     m = make_method(name, knobs)
-    m.cfg.optim = m.optim = no_decay(1e-4)
+    m.optim = no_decay(1e-4)
     return m
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from baselines.branchgrpo import (BranchGRPO, BranchGRPOConfig, active_pruning_depths, default_split_points,
+from baselines.branchgrpo import (BranchGRPO, active_pruning_depths, default_split_points,
                                   depth_advantages, depth_zscore, node_rewards, prune_now, tree_counts, width_keep)
 from baselines.dancegrpo import DanceGRPO, DanceGRPOConfig
 from g2rpo.loop import PromptNoise, initial_noise
@@ -11,13 +11,11 @@ from g2rpo.models.text import HashTextEncoder
 from g2rpo.registry import METHODS, make_method
 from g2rpo.sampling import ode_sample
 from g2rpo.sde import sde_step
-from tests.helpers import PROMPTS, no_decay, rollout, shared, trainer
+from tests.helpers import PROMPTS, configured, rollout, shared, trainer
 
 
 def bg(**kw):
-    m = BranchGRPO(BranchGRPOConfig(**kw))
-    m.cfg.optim = m.optim = no_decay(1e-4)
-    return m
+    return configured(BranchGRPO, **kw)
 
 
 def test_registered_in_its_own_family_with_the_official_defaults():

@@ -50,7 +50,7 @@ def make_trainer(name, reward):
     knobs = {"g2rpo": {"eta_step_list": (0, 1, 2)}, "dancegrpo": {"gradient_accumulation_steps": 3, "world_size": 1},
              "mixgrpo": {"gradient_accumulation_steps": 3, "world_size": 1}}
     m = make_method(name, knobs)
-    m.cfg.optim = m.optim = no_decay(1e-3)
+    m.optim = no_decay(1e-3)
     return Trainer(tiny_flux_policy(0), HashTextEncoder(), m, {"brightness": reward}, sh, PROMPTS)
 
 

@@ -4,21 +4,19 @@ import pytest
 import torch
 
 from baselines.flowgrpo import FlowGRPO
-from baselines.flowgrpo_fast import FlowGRPOFast, FlowGRPOFastConfig, uniform_ints
+from baselines.flowgrpo_fast import FlowGRPOFast, uniform_ints
 from baselines.trajectory import window_g
 from g2rpo.loop import PromptNoise, initial_noise
 from g2rpo.models.text import HashTextEncoder
 from g2rpo.registry import METHODS, make_method
 from g2rpo.sampling import ode_sample
 from g2rpo.sde import flow_sde_g
-from tests.helpers import PROMPTS, no_decay, rollout, run_module, shared, trainer
+from tests.helpers import PROMPTS, configured, rollout, run_module, shared, trainer
 
 
 
 def fast(**kw):
-    m = FlowGRPOFast(FlowGRPOFastConfig(**kw))
-    m.cfg.optim = m.optim = no_decay(1e-4)
-    return m
+    return configured(FlowGRPOFast, **kw)
 
 
 def starts(ro, size):

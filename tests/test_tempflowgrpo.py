@@ -3,20 +3,18 @@
 import pytest
 import torch
 
-from baselines.tempflowgrpo import TempFlowGRPO, TempFlowGRPOConfig, noise_aware_weights, transition_std
+from baselines.tempflowgrpo import TempFlowGRPO, noise_aware_weights, transition_std
 from g2rpo.loop import PromptNoise, initial_noise
 from g2rpo.models.text import HashTextEncoder
 from g2rpo.registry import METHODS, make_method
 from g2rpo.sampling import ode_sample
 from g2rpo.sde import flow_sde_g
-from tests.helpers import PROMPTS, no_decay, rollout, run_module, shared, trainer
+from tests.helpers import PROMPTS, configured, rollout, run_module, shared, trainer
 
 
 
 def tf(**kw):
-    m = TempFlowGRPO(TempFlowGRPOConfig(**kw))
-    m.cfg.optim = m.optim = no_decay(1e-4)
-    return m
+    return configured(TempFlowGRPO, **kw)
 
 
 def test_registered_in_its_own_family():
