@@ -375,7 +375,7 @@ class BranchGRPO(Method):
             n = len(depths) * m[last + 1]
             if n:
                 if cfg.width_pruning_mode == 1:
-                    kept = m[last + 1] * max(1, int(len(depths) * cfg.width_pruning_ratio)) if depths else 0
+                    kept = m[last + 1] * max(1, int(len(depths) * cfg.width_pruning_ratio))
                 else:
                     k = max(2, int(n * cfg.width_pruning_ratio))
                     kept = min(n, k)

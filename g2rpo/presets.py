@@ -77,7 +77,8 @@ POCKET_LRS = {"g2rpo": 3e-5, "flowgrpo": 3e-5, "dancegrpo": 3e-5, "mixgrpo": 3e-
               # the families registered later, swept by the same rule for results/pocket-all
               "tempflowgrpo": 3e-5, "diffusionnft": 3e-5, "branchgrpo": 3e-5}
 """Each method family's learning rate on the pocket preset, selected by ``python -m benchmarks.sweep`` (the rule and
-the numbers: ``results/pocket/sweep.md``; ``tests/test_sweep.py`` checks these equal its selection). The official
+the numbers: ``results/pocket/sweep.md``, the later families' under ``results/pocket-all/``; ``tests/test_sweep.py``
+checks these equal their selections). The official
 rates are tuned for a 12B FLUX (G2RPO 2e-6, DanceGRPO/MixGRPO 1e-5) or a LoRA (Flow-GRPO 3e-4) and none transfers
 to a 2.4M-parameter model; one rate chosen for one method would favour that method."""
 
