@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from ..checkpoint import CheckpointError, load_strict, read_state
 from ..files import sha256
 from ..rewards import Reward
 from .data import ASSETS, CATEGORIES
@@ -138,6 +139,41 @@ class EmojiCategory(Reward):
         p_img = head.img(image_features(images)).softmax(-1)
         p_txt = head.txt(text_features(prompts)).softmax(-1)
         return (p_img * p_txt).sum(-1)
+
+
+SCENES_HEAD = ASSETS / "scenes_head.safetensors"
+SCENES_HEAD_META = ASSETS / "scenes_head.json"
+
+
+@lru_cache(maxsize=1)
+def load_scenes_head() -> AlignHead:
+    """The scenes head (``python -m benchmarks.assets.train_scenes_head``), loaded strictly, in eval mode; a missing
+    or mismatched file is a one-line CheckpointError."""
+    origin = "it ships with this package (rerun python -m benchmarks.assets.train_scenes_head)"
+    try:
+        arch = json.loads(SCENES_HEAD_META.read_text())["arch"]
+        head = AlignHead(**arch)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{SCENES_HEAD_META} is missing or unreadable ({type(e).__name__}); {origin}") from None
+    load_strict(head, read_state(SCENES_HEAD, origin), SCENES_HEAD, origin)
+    return head.eval().requires_grad_(False)
+
+
+class SceneAlignment(Reward):
+    """A learned image-text score for scenes (the task's CLIP): cosine of an AlignHead's embeddings, trained on
+    renders of pretraining captions only, with hard negative captions (other colours, relation, count, shape)."""
+
+    name = "scenes_align"
+    units = "cosine similarity of projected EfficientNet-Lite0 image and MiniLM prompt embeddings (scenes head)"
+    scale = "[-1, 1]; see SCENES_HEAD_CARD.md for own vs mismatched captions"
+
+    @property
+    def checkpoint(self) -> str:
+        return f"{SCENES_HEAD.name} sha256:{sha256(SCENES_HEAD)[:16]}"
+
+    def score(self, images, prompts):
+        head = load_scenes_head()
+        return (head.embed_image(image_features(images)) * head.embed_text(text_features(prompts))).sum(-1)
 
 
 @lru_cache(maxsize=1)
