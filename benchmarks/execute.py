@@ -61,9 +61,19 @@ def evaluate(policy, p: Preset, tier: Tier, extra_steps: list[int], tmp: Path, l
         main = steps == eval_steps(p) and not tag
         prefix = "eval/" if main else "eval_noise2/" if tag else f"eval_{steps}steps/"
         metrics |= {prefix + k: float(v.mean()) for k, v in scores.items()}
+        metrics |= {prefix + k: v for k, v in tier.summary(prompts, scores).items()} if tier.summary else {}
         if main:
             save_png(torch.cat(list(images[: p.eval.grid_prompts]), dim=2), tmp / "row.png")  # side by side, native size
             log_artifact(tmp / "row.png", "samples")
+    if tier.indist_prompts:  # the in-distribution prompts, main step count and noise only, reported apart
+        scores, _ = prompt_scores(policy, tier.text, tier.indist_prompts, sigmas_for(p, eval_steps(p)), tier.rewards,
+                                  p.eval.seed, p.eval.images_per_prompt)
+        df = pd.DataFrame({"prompt_index": range(len(tier.indist_prompts)), "prompt": tier.indist_prompts}
+                          | {k: v.numpy() for k, v in scores.items()})
+        df.to_csv(tmp / f"indist_scores_{eval_steps(p)}steps.csv", index=False)
+        log_artifact(tmp / f"indist_scores_{eval_steps(p)}steps.csv", "eval")
+        metrics |= {"eval_indist/" + k: float(v.mean()) for k, v in scores.items()}
+        metrics |= {"eval_indist/" + k: v for k, v in tier.summary(tier.indist_prompts, scores).items()} if tier.summary else {}
     return metrics
 
 
@@ -71,7 +81,7 @@ def curve_point(trainer: Trainer, p: Preset, tier: Tier, shared) -> dict[str, fl
     """In-domain rewards of the fixed curve set (first n held-out and train prompts, evaluation noise, ODE) with the
     weights the method evaluates: a learning curve that the draw of a round's prompts does not move."""
     n = p.eval.curve_prompts or None
-    rewards = {k: tier.rewards[k] for k in shared.rewards}
+    rewards = {k: tier.rewards[k] for k in [*shared.rewards, *tier.curve_rewards]}
     out = {}
     with trainer.evaluation_weights():
         for split, prompts in (("heldout", tier.eval_prompts[:n]), ("train", tier.train_prompts[:n])):
@@ -217,7 +227,8 @@ def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: l
     parent_tags = tags | {"kind": "parent", "mlflow.note.content": describe_invocation(preset_name, tier.name, runs, command),
                           "command": command, "threads": str(threads), "in_domain": ",".join(in_domain),
                           "out_of_domain": ",".join(n for n in tier.rewards if n not in in_domain),
-                          "eval_steps": ",".join(map(str, [eval_steps(p)] + extra_steps)), "plan_digest": digest}
+                          "eval_steps": ",".join(map(str, [eval_steps(p)] + extra_steps)), "plan_digest": digest,
+                          "curve_rewards": ",".join(tier.curve_rewards), "accuracy_threshold": str(p.eval.accuracy_threshold)}
     client, exp_id = rec.client, rec.exp_id
     for folder in (out, out / "checkpoints"):
         remove_stale(folder)

@@ -412,7 +412,7 @@ def main(argv=None) -> int:
             raise ValueError("--threads and --reps must be >= 1")
         signal = a.signal or ROOT / "results" / a.preset / "time_to_signal.csv"
         ttsignal = time_to_signal(signal)  # read before minutes of measuring: a broken file fails now
-        tier = load_tier(p.shared.model)
+        tier = load_tier(p.shared.model, p.shared.skills)
     except (KeyError, ValueError, OSError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

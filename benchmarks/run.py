@@ -21,7 +21,7 @@ import torch
 from g2rpo.presets import PRESETS, Preset, preset as get_preset
 from g2rpo.recorder import Recorder
 from g2rpo.registry import METHODS, default_methods
-from g2rpo.tiers import LOADERS, load_tier
+from g2rpo.tiers import LOADERS, check_skills, load_tier
 from g2rpo.tracking import default_uri, open_store, shown_uri
 
 from .execute import RunFailed, execute_all
@@ -46,6 +46,8 @@ def parse_args(argv):
     ap.add_argument("--eta-step-sets", default="", help='G2RPO noise-step ablation, e.g. "0-3;0-7;4-7" '
                     '(= --sweep "g2rpo.eta_step_list=...")')
     ap.add_argument("--inference-steps", default="", help="extra evaluation step counts, e.g. 10,20")
+    ap.add_argument("--skills", default="", help="scenes presets: comma-separated GenEval skills to train and evaluate "
+                    "on (default all), e.g. counting,position")
     ap.add_argument("--budget", default="rounds", help="rounds (equal rounds) or nfe (equal model evaluations)")
     ap.add_argument("--lr", type=float, help="one learning rate for every method instead of the preset's")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -74,6 +76,12 @@ def resolve(a) -> tuple[Preset, list[RunSpec], list[int]]:
         raise PlanError(f"--inference-steps: step counts must be distinct and >= 1, got {steps}")
     if a.threads < 1:
         raise PlanError("--threads must be >= 1")
+    skills = tuple(k.strip() for k in a.skills.split(",") if k.strip())
+    try:
+        check_skills(p.shared.model, skills)
+    except ValueError as e:
+        raise PlanError(f"--skills: {e}") from None
+    p = dataclasses.replace(p, shared=dataclasses.replace(p.shared, skills=skills))
     seeds = p.seeds if a.seeds is None else a.seeds
     rounds = p.shared.rounds if a.rounds is None else a.rounds
     runs = make_plan(p, methods, seeds, rounds, a.budget, sweeps, a.lr)
@@ -122,7 +130,7 @@ def main(argv=None) -> int:
             raise PlanError(f"preset {a.preset!r} needs model tier {p.shared.model!r}, which cannot be loaded here")
         uri = a.tracking_uri or default_uri(out)
         client, exp_id = open_store(uri, f"g2rpo-bench/{a.preset}", out / "mlartifacts")
-        tier = load_tier(p.shared.model)  # a missing or corrupt model file fails here, before any training
+        tier = load_tier(p.shared.model, p.shared.skills)  # a missing or corrupt model file fails here, before any training
     except (PlanError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:  # a broken store or a model that cannot load is an error before any training
         client, exp_id = open_store(a.tracking_uri or default_uri(out), f"g2rpo-bench/{a.preset}", out / "mlartifacts")
-        tier = load_tier(p.shared.model)
+        tier = load_tier(p.shared.model, p.shared.skills)
     except (KeyError, RuntimeError, ValueError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

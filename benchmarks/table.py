@@ -21,7 +21,7 @@ from g2rpo.files import atomic, write_text
 from g2rpo.registry import METHODS, table_order
 from g2rpo.tracking import flatten, open_store, shown_uri
 
-from . import precision
+from . import precision, skills
 from .plan import BASE
 from .precision import summary_lines
 from .publish import fetch_published, publish
@@ -494,16 +494,24 @@ def build_tables(uri: str, exp_id: str, out: Path, parent_run_id: str | None = N
     cols = {c: h for c, h in headers(ind, ood, stats).items() if c in df}
     cols |= {f"eval/gap/{m}": f"{m} gap (own − other prompt)" for m in ind if f"eval/gap/{m}" in df}
     steps = [int(s) for s in parent.data.tags.get("eval_steps", "").split(",") if s]
-    cf = curve_frame(client, df, ind) if ind else pd.DataFrame()
+    extra = [k for k in parent.data.tags.get("curve_rewards", "").split(",") if k]
+    cf = curve_frame(client, df, ind + extra) if ind else pd.DataFrame()
     signal = signal_frame(cf, df, ind[0]) if ind else pd.DataFrame()
     files = main_table(df, cols, out, signal)
     files += time_to_signal_table(signal, ind[0], out) if ind else []
     scores = load_scores(client, df, steps[0])
+    if "eval/geneval/overall" in df:  # the scenes task: GenEval-style tables
+        flat = {m: float(np.nanmean([np.mean(list(history(client, r, "train/flat_groups").values()) or [np.nan])
+                                     for r in g.run_id])) for m, g in df[df.variant == "default"].groupby("method")
+                if m != BASE}
+        files += skills.skills_table(df, scores, load_scores(client, df, steps[0], "indist_"), flat, names(), out)
+        files += skills.accuracy_table(cf, float(parent.data.tags.get("accuracy_threshold", 0) or 0), crossing,
+                                       names(), out)
     files += paired_from_scores(scores, ind, ood, out)
     files += precision_tables(client, df, scores, ind, ood, steps[0], out) if ind else []
     files += sweep_tables(df, cols, out)
     files += steps_table(df, ind, ood, stats, steps, steps[0], out)
-    files += curves(client, df, ind, out, cf)
+    files += curves(client, df, ind + extra, out, cf)
     base_scores = df[df.method == BASE]
     prompts = []
     if not base_scores.empty:

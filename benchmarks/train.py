@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         return 2
 
     try:
-        tier = load_tier(shared.model)
+        tier = load_tier(shared.model, shared.skills)
     except KeyError as e:
         print(f"error: {e.args[0]}; use --dry-run to see the plan", file=sys.stderr)
         return 2

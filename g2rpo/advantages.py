@@ -59,3 +59,16 @@ def combine(advantages: dict[str, torch.Tensor], weights: dict[str, float], norm
 def clamp(adv: torch.Tensor, adv_clip_max: float) -> torch.Tensor:
     """Clamp to [-adv_clip_max, adv_clip_max]."""
     return adv.clamp(-adv_clip_max, adv_clip_max)
+
+
+def flat_group_share(rewards: dict[str, torch.Tensor], group: torch.Tensor, tol: float = 1e-6) -> float:
+    """Share of groups (the images of one prompt, ``group`` its index per image) in which every reward's finite values
+    are equal, so every advantage of the group is 0 and it gives no gradient: GRPO's known failure on binary rewards
+    (all 8 pass or all 8 fail). 0 when there are no groups."""
+    ids = group.unique()
+    flat = 0
+    for g in ids.tolist():
+        vals = [r[group == g] for r in rewards.values()]
+        vals = [v[torch.isfinite(v)] for v in vals]
+        flat += all(v.numel() < 2 or float(v.max() - v.min()) <= tol for v in vals)
+    return flat / len(ids) if len(ids) else 0.0

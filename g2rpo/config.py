@@ -70,6 +70,9 @@ class SharedConfig:
     """Largest training batch per forward+backward (0 = no limit); gradients are accumulated across chunks."""
     compile: bool = False
     """torch.compile the rollout forwards (``FlowPolicy.compiled``); speed, not results (fp32 rounding apart)."""
+    skills: tuple[str, ...] = ()
+    """The scenes task's GenEval skills whose prompts are trained and evaluated on (``g2rpo.tiers.restrict``);
+    () = every skill; only the scenes tier has skills."""
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
@@ -99,7 +102,7 @@ class SharedConfig:
         return _hash(self.comparable())
 
 
-ADDED_LATER = ("lora", "gradient_checkpointing", "compile")
+ADDED_LATER = ("lora", "gradient_checkpointing", "compile", "skills")
 """Fields added after digests were recorded; a new field goes here too, so that recorded digests (both kinds) still
 match while it is at its default."""
 

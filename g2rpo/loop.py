@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from .advantages import flat_group_share
 from .config import SharedConfig
 from .distributed import DataParallel
 from .ema import EMA
@@ -179,6 +180,7 @@ class Trainer:
         extra = {name: self.score(img, prompts) for name, img in ro.extra_images.items()}
         valid = torch.stack([torch.isfinite(v) for v in rewards.values()]).all(0)
         rewards = {m: torch.where(valid, v, float("nan")) for m, v in rewards.items()}  # an image is dropped whole
+        flat = flat_group_share(rewards, ro.image_prompt)  # this process's groups (all of them on one process)
         view, rewards = dp.global_view(ro, rewards)  # the whole round's rewards (one process: ro itself)
         valid = dp.gather(valid)
         skipped = valid.float().mean().item() < shared.min_valid_frac
@@ -192,7 +194,8 @@ class Trainer:
             upd = self.update(ro.transitions, cond, dp.localise(view, ro, groups))
         self.method.end_round(self.optimizer_steps)
         t3 = time.perf_counter()
-        metrics = {"round": r, **stats, **upd, "nonfinite_images": int((~valid).sum()), "skipped": int(skipped)}
+        metrics = {"round": r, **stats, **upd, "nonfinite_images": int((~valid).sum()), "skipped": int(skipped),
+                   "flat_groups": flat}
         for m, v in rewards.items():
             metrics[f"reward/{m}"] = v.nanmean().item()
         for name, sc in extra.items():

@@ -13,6 +13,10 @@ prompts are never trained on), each method family at the learning rate ``benchma
 3 seeds, 4 images per held-out prompt, learning curves on a fixed set every 4 rounds. ``pocket-emoji`` is the
 earlier default (emoji captions, the learned alignment + category heads as HPS + CLIP, one learning rate), kept
 because its result is the negative one the binding task answers: no method moved those rewards beyond noise.
+``scenes`` is the same shared block on the pocket scenes task: GenEval's six skills on rendered
+shapes (``g2rpo/pocket/scenes.py``), the 48 px scenes generator, trained on the rule verifier's partial credit
+(``scenes``) and scored on its strict pass (``scenes_strict``) per skill, held-out and in-distribution apart;
+``scenes-duo`` trains on the verifier and the learned scenes head at once, as the paper's HPS + CLIP block.
 ``smoke`` runs every code path in seconds on the tiny in-code model.
 
 ``flowgrpo-sd35`` is Flow-GRPO's own SD3.5-medium PickScore setting (not in the G2RPO paper): 512 px, diffusers'
@@ -47,6 +51,8 @@ class EvalSettings:
     """Evaluate on the fixed curve set every this many rounds (0 = no learning curves)."""
     curve_prompts: int = 0
     """Prompts of each split (held-out, train) in the curve set: the first n of each (0 = all)."""
+    accuracy_threshold: float = 0.0
+    """The curve's held-out strict pass that counts as reached (the NFE/seconds-to-accuracy table; 0 = no table)."""
 
 
 @dataclass
@@ -82,6 +88,13 @@ checks these equal their selections). The official
 rates are tuned for a 12B FLUX (G2RPO 2e-6, DanceGRPO/MixGRPO 1e-5) or a LoRA (Flow-GRPO 3e-4) and none transfers
 to a 2.4M-parameter model; one rate chosen for one method would favour that method."""
 
+SCENES_LRS: dict[str, float] = {}
+"""Each family's learning rate on the scenes presets, selected by ``python -m benchmarks.sweep --preset scenes``
+(``results/scenes/sweep.md``); a family not in it trains at ``POCKET_LR``."""
+
+ACCURACY_THRESHOLD = 0.5
+"""The scenes' fixed accuracy: the held-out strict pass of the curve set a method must reach (``time_to_accuracy``)."""
+
 POCKET_KNOBS = {"g2rpo": {"eta_step_list": (0, 1, 2, 3), "granular_list": (1, 2)},
                 # every method fine-tunes all of the 2.4M-parameter pocket model (equal settings), Flow-GRPO included
                 "flowgrpo": {"use_lora": False}, "diffusionnft": {"use_lora": False},
@@ -100,6 +113,18 @@ def _with_lr(knobs: dict[str, dict], lrs: dict[str, float], default: float) -> d
         f: knobs.get(f, {}) | {"optim": OptimConfig(lr=lrs.get(f, default))} for f in {**knobs, **lrs}}
 
 
+def _scenes(rewards: dict[str, float]) -> Preset:
+    """The scenes presets: the pocket shared block on the scenes tier, 32 rounds, curves with the strict pass."""
+    return Preset(
+        shared=SharedConfig(model="pocket-scenes", num_steps=10, shift=3.0, num_generations=8, prompts_per_round=2,
+                            rounds=32, rewards=rewards, compile=True),
+        knobs=_with_lr(POCKET_KNOBS, SCENES_LRS, POCKET_LR),
+        eval=EvalSettings(num_prompts=0, grid_prompts=8, images_per_prompt=4, curve_every=4, curve_prompts=24,
+                          accuracy_threshold=ACCURACY_THRESHOLD),
+        seeds=3,
+    )
+
+
 PRESETS: dict[str, Preset] = {
     "pocket": Preset(
         shared=SharedConfig(model="pocket-binding", num_steps=10, shift=3.0, num_generations=8, prompts_per_round=2,
@@ -108,6 +133,8 @@ PRESETS: dict[str, Preset] = {
         eval=EvalSettings(num_prompts=0, grid_prompts=8, images_per_prompt=4, curve_every=4),
         seeds=3,
     ),
+    "scenes": _scenes({"scenes": 1.0}),
+    "scenes-duo": _scenes({"scenes": 1.0, "scenes_align": 1.0}),
     "pocket-emoji": Preset(
         shared=SharedConfig(model="pocket", num_steps=10, shift=3.0, num_generations=8, prompts_per_round=2,
                             rounds=24, rewards={"pocket_align": 1.0, "pocket_category": 1.0}, compile=True),

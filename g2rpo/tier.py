@@ -28,3 +28,11 @@ class Tier:
     """What the environment chose for this tier (resolution, prompt files, text length), recorded beside every
     checkpoint so that an evaluation in another setting is refused rather than silently run; empty where the tier is
     fixed by the code (the tiny and pocket tiers)."""
+    indist_prompts: list[str] = field(default_factory=list)
+    """In-distribution evaluation prompts (compositions pretraining showed), scored beside the held-out ones and
+    reported apart (``indist_scores_*.csv``, ``eval_indist/...``); empty where a tier has none."""
+    summary: Callable[[list[str], dict], dict[str, float]] | None = None
+    """Per-run summaries of an evaluation beyond reward means, from its prompts and per-prompt scores (the scenes'
+    GenEval overall and per-skill strict pass); logged as ``eval/<key>`` (``eval_indist/<key>``)."""
+    curve_rewards: tuple[str, ...] = ()
+    """Rewards the learning curves score besides the in-domain ones (the scenes' strict pass)."""

@@ -70,6 +70,9 @@ def test_lr_flag_sets_every_methods_learning_rate_only():
     (["--seeds", "0"], "--seeds"),
     (["--inference-steps", "10,x"], "--inference-steps"),
     (["--lr", "0"], "--lr"),
+    (["--preset", "scenes", "--skills", "countin"], "unknown skill"),
+    (["--preset", "scenes", "--skills", "single_object"], "heldout split empty"),
+    (["--skills", "counting"], "only the scenes tier"),
 ])
 def test_bad_flags_fail_fast(args, msg, capsys, tmp_path):
     from benchmarks.run import main

@@ -15,6 +15,9 @@ from .text import MiniLMEncoder
 
 WEIGHTS = ASSETS / "pocket_generator.safetensors"
 CONFIG = ASSETS / "pocket_generator.json"
+SCENES_WEIGHTS = ASSETS / "pocket_scenes_generator.safetensors"
+SCENES_CONFIG = ASSETS / "pocket_scenes_generator.json"
+"""The scenes generator (``python -m benchmarks.assets.pretrain --task scenes``): the same class at 48 px."""
 
 
 @dataclass
@@ -73,6 +76,11 @@ def load_generator(weights: Path = WEIGHTS, config: Path = CONFIG) -> FluxPolicy
     transformer = cfg.build()
     load_strict(transformer, read_state(weights, origin), weights, origin)
     return cfg.policy(transformer.eval().requires_grad_(False))
+
+
+SCENES_ARCH = {"image_size": 48, "patch": 6}
+"""The scenes generator's architecture where it differs from the emoji one: 48 px in 6 px patches, still 64 tokens
+(so a round costs what a 32 px emoji round does), every other size the same (2.40M parameters)."""
 
 
 def load_pocket(max_tokens: int = 16):
