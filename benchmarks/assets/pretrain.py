@@ -10,27 +10,36 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import platform
 import random
-import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
 from g2rpo.files import atomic, write_text
 from g2rpo.image_stats import image_stats
+from g2rpo.pocket import scenes
 from g2rpo.pocket.data import data_hash, dataset
-from g2rpo.pocket.model import CONFIG, WEIGHTS, GeneratorConfig, arch_dict, euler_sample, load_generator
+from g2rpo.pocket.model import (CONFIG, SCENES_ARCH, SCENES_WEIGHTS, WEIGHTS, GeneratorConfig, arch_dict, euler_sample,
+                                load_generator)
 from g2rpo.pocket.rewards import image_features, load_heads, pocket_rewards, text_encoder, text_features
 from g2rpo.pocket.text import MiniLMEncoder
+from g2rpo.policy import Cond
 from g2rpo.schedules import shifted_sigmas
+
+from . import scenes_card
+from .grids import pair_grid
+
+
+SCENES_STEPS, SCENES_COOLDOWN = 16_000, 3_500
+"""The committed scenes generator's length: the rate is constant to step 12 500, then falls linearly to 0."""
 
 
 @dataclass
@@ -42,9 +51,11 @@ class PretrainConfig:
     batch_size: int = 64
     """Images per step."""
     lr: float = 4e-4
-    """AdamW rate after warm-up (constant: a time-cut run equals a shorter run)."""
+    """AdamW rate after warm-up (constant until the cool-down: a time-cut run equals a shorter run)."""
     warmup_steps: int = 200
     """Linear warm-up of the rate."""
+    cooldown_steps: int = 0
+    """Last steps before max_steps over which the rate falls linearly to 0 (0: none; the step cap then binds)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     grad_clip: float = 1.0
@@ -67,6 +78,36 @@ class PretrainConfig:
     """Steps between EMA checkpoints."""
     arch: GeneratorConfig = field(default_factory=GeneratorConfig)
     """Generator architecture."""
+    task: str = "emoji"
+    """Pretraining data: 'emoji' (the train-split Twemoji) or 'scenes' (the renderer, held-out compositions never shown)."""
+
+
+class SceneStream:
+    """Infinite pretraining scenes: a skill uniformly, then one of its pretraining captions, rendered fresh from a seed
+    fixed by (step, row), so a replay sees the same pixels. Held-out compositions are never drawn or captioned."""
+
+    def __init__(self, size: int) -> None:
+        if size != scenes.SIZE:
+            raise ValueError(f"the scenes renderer draws {scenes.SIZE} px images, the architecture asks {size}")
+        caps = scenes.split()["pretrain"]
+        self.by_skill = [[i for i, c in enumerate(caps) if scenes.skill_of(c) == k] for k in scenes.SKILLS]
+        self.captions, self.cond = caps, MiniLMEncoder()(caps)
+        self.sha256 = hashlib.sha256(scenes.SPLIT_FILE.read_bytes() + Path(scenes.__file__).read_bytes()).hexdigest()
+
+    def _images(self, idx: list[int], seeds: list[int]) -> torch.Tensor:
+        arr = np.stack([scenes.scene_for(self.captions[i], s, pretraining=True)[0] for i, s in zip(idx, seeds)])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    def batch(self, step: int, n: int, gen: torch.Generator) -> tuple[torch.Tensor, Cond]:
+        skill = torch.randint(len(self.by_skill), (n,), generator=gen).tolist()
+        pick = torch.rand(n, generator=gen).tolist()
+        idx = [self.by_skill[k][int(u * len(self.by_skill[k]))] for k, u in zip(skill, pick)]
+        x0 = self._images(idx, [step * n + j for j in range(n)])
+        return x0, self.cond[torch.tensor(idx)]
+
+    def first(self, n: int) -> torch.Tensor:
+        """Ground-truth renders of the first n captions (seed 0), the preview's top row."""
+        return self._images(list(range(n)), [0] * n)
 
 
 def sample_sigma(n: int, cfg: PretrainConfig, gen: torch.Generator) -> torch.Tensor:
@@ -96,10 +137,14 @@ def train(cfg: PretrainConfig, out: Path = WEIGHTS, config_out: Path = CONFIG, l
           state: Path | None = None) -> dict:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    images, captions = dataset("train", cfg.arch.image_size)
-    dhash = data_hash(images, captions)
-    x0_all = images * 2 - 1
-    cond_all = MiniLMEncoder()(captions)
+    if cfg.task == "scenes":
+        data = SceneStream(cfg.arch.image_size)
+        captions, dhash, x0_all, cond_all = data.captions, data.sha256, data.first(8), data.cond[:8]
+    else:
+        images, captions = dataset("train", cfg.arch.image_size)
+        dhash = data_hash(images, captions)
+        x0_all = images * 2 - 1
+        cond_all = MiniLMEncoder()(captions)
     model = cfg.arch.build()
     policy = cfg.arch.policy(model)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -108,11 +153,14 @@ def train(cfg: PretrainConfig, out: Path = WEIGHTS, config_out: Path = CONFIG, l
     meta = {
         "architecture": arch_dict(cfg.arch),
         "recipe": {k: v for k, v in asdict(cfg).items() if k != "arch"},
-        "data": {"split": "train", "n_images": len(captions), "sha256": dhash},
+        "data": ({"split": "pretrain", "source": "g2rpo.pocket.scenes renderer, one fresh scene per sample",
+                  "n_captions": len(captions), "sha256": dhash} if cfg.task == "scenes" else
+                 {"split": "train", "n_images": len(captions), "sha256": dhash}),
+        "task": cfg.task,
         "params": sum(p.numel() for p in model.parameters()),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {cfg.threads} threads",
-        "command": "python -m benchmarks.assets.pretrain",
+        "command": "python -m benchmarks.assets.pretrain" + (" --task scenes" if cfg.task == "scenes" else ""),
     }
     log(f"{meta['params'] / 1e6:.2f}M params, {len(captions)} images, data sha256 {dhash[:12]}")
     t0, step, loss_ema, spent = time.time(), 0, None, 0.0
@@ -124,15 +172,18 @@ def train(cfg: PretrainConfig, out: Path = WEIGHTS, config_out: Path = CONFIG, l
         t0 -= spent * 60
         log(f"resumed at step {step}")
     while step < cfg.max_steps and (time.time() - t0) < cfg.max_minutes * 60:
-        idx = torch.randint(len(captions), (cfg.batch_size,), generator=gen)
-        x0 = x0_all[idx]
+        if cfg.task == "scenes":
+            x0, cond = data.batch(step, cfg.batch_size, gen)
+        else:
+            idx = torch.randint(len(captions), (cfg.batch_size,), generator=gen)
+            x0, cond = x0_all[idx], cond_all[idx]
         eps = torch.randn(x0.shape, generator=gen)
         sigma = sample_sigma(cfg.batch_size, cfg, gen)
         xs = (1 - sigma[:, None, None, None]) * x0 + sigma[:, None, None, None] * eps
-        v = policy._velocity(xs, sigma, cond_all[idx])  # exact sigma: training needs no truncation
+        v = policy._velocity(xs, sigma, cond)  # exact sigma: training needs no truncation
         loss = (v - (eps - x0)).pow(2).mean()
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+            g["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -159,6 +210,12 @@ def train(cfg: PretrainConfig, out: Path = WEIGHTS, config_out: Path = CONFIG, l
     save(ema, out, meta, config_out)
     log(f"done: {meta['result']}")
     return meta
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Warm-up, constant, then the cool-down: a function of the step alone, so a resumed run replays exactly."""
+    cool = (cfg.max_steps - step) / cfg.cooldown_steps if cfg.cooldown_steps else 1.0
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps, cool)
 
 
 def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -216,19 +273,7 @@ def sample_grid(samples: dict, path: Path, n_train: int = 32, n_held: int = 16, 
         real, fake, caps = samples[split]
         for i in sorted(rng.sample(range(len(caps)), n)):
             cells.append((real[i], fake[i], caps[i] + (" [held-out]" if split == "heldout" else "")))
-    side, cols, text_h = 80, 8, 30
-    w, h = 2 * side + 8, side + text_h
-    grid = Image.new("RGB", (cols * w, (len(cells) + cols - 1) // cols * h + 20), "white")
-    draw = ImageDraw.Draw(grid)
-    draw.text((4, 4), "left: real Twemoji (32 px), right: base sample (16-step Euler, shift 3)", fill="black")
-    for k, (r, f, cap) in enumerate(cells):
-        x, y = (k % cols) * w, (k // cols) * h + 20
-        for j, img in enumerate((r, f)):
-            arr = (img.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
-            grid.paste(Image.fromarray(arr).resize((side, side), Image.Resampling.NEAREST), (x + j * side, y))
-        draw.multiline_text((x + 2, y + side + 1), "\n".join(textwrap.wrap(cap, 30)[:2]), fill="black", spacing=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    pair_grid(cells, "left: real Twemoji (32 px), right: base sample (16-step Euler, shift 3)", path, 80, 8, 30)
 
 
 def write_card(meta: dict, ev: dict, path: Path) -> None:
@@ -293,14 +338,35 @@ Sample grid: `results/pocket/base_samples.png`.
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--max-steps", type=int, default=PretrainConfig.max_steps)
-    p.add_argument("--max-minutes", type=float, default=PretrainConfig.max_minutes)
+    p.add_argument("--task", choices=("emoji", "scenes"), default="emoji", help="what to pretrain on")
+    p.add_argument("--max-steps", type=int, default=None, help=f"step cap (default: emoji {PretrainConfig.max_steps}, "
+                   f"scenes {SCENES_STEPS}, its cool-down the last {SCENES_COOLDOWN})")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help=f"wall-clock cap (default: emoji {PretrainConfig.max_minutes:g}, scenes none)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=WEIGHTS)
+    p.add_argument("--out", type=Path, default=None, help="weights file (default: the task's committed one)")
     p.add_argument("--state", type=Path, default=None, help="training-state file to resume from and update")
     p.add_argument("--preview", type=Path, default=None, help="folder for sample previews while training")
     p.add_argument("--eval-only", action="store_true", help="measure the committed weights, write the card and grid")
     a = p.parse_args()
+    scn = a.task == "scenes"
+    if a.max_steps is None:
+        a.max_steps = SCENES_STEPS if scn else PretrainConfig.max_steps
+    if a.max_minutes is None:
+        a.max_minutes = 1e9 if scn else PretrainConfig.max_minutes
+    for flag, v in (("--max-steps", a.max_steps), ("--max-minutes", a.max_minutes)):
+        if not v > 0:
+            p.error(f"{flag} must be positive, got {v}")
+    a.out = a.out or (SCENES_WEIGHTS if a.task == "scenes" else WEIGHTS)
+    if a.task == "scenes":
+        if a.eval_only:
+            return scenes_card.main(a.out)
+        cfg = PretrainConfig(seed=a.seed, max_steps=a.max_steps, max_minutes=a.max_minutes, task="scenes",
+                             cooldown_steps=min(SCENES_COOLDOWN, a.max_steps), ckpt_every=min(250, a.max_steps),
+                             arch=GeneratorConfig(**SCENES_ARCH))
+        train(cfg, a.out, a.out.with_suffix(".json"), log=lambda s: print(time.strftime("%H:%M:%S"), s, flush=True),
+              preview=a.preview, state=a.state)
+        return
     if a.eval_only:
         torch.set_num_threads(2)
         meta = json.loads(a.out.with_suffix(".json").read_text())
