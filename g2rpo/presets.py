@@ -92,8 +92,9 @@ SCENES_LRS: dict[str, float] = {}
 """Each family's learning rate on the scenes presets, selected by ``python -m benchmarks.sweep --preset scenes``
 (``results/scenes/sweep.md``); a family not in it trains at ``POCKET_LR``."""
 
-ACCURACY_THRESHOLD = 0.5
-"""The scenes' fixed accuracy: the held-out strict pass of the curve set a method must reach (``time_to_accuracy``)."""
+ACCURACY_THRESHOLD = 0.2
+"""The scenes' fixed accuracy: the held-out strict pass of the curve set a method must reach (``time_to_accuracy``);
+set before any method trained on the committed generator, at about its base pass plus 0.1."""
 
 POCKET_KNOBS = {"g2rpo": {"eta_step_list": (0, 1, 2, 3), "granular_list": (1, 2)},
                 # every method fine-tunes all of the 2.4M-parameter pocket model (equal settings), Flow-GRPO included
