@@ -88,9 +88,10 @@ checks these equal their selections). The official
 rates are tuned for a 12B FLUX (G2RPO 2e-6, DanceGRPO/MixGRPO 1e-5) or a LoRA (Flow-GRPO 3e-4) and none transfers
 to a 2.4M-parameter model; one rate chosen for one method would favour that method."""
 
-SCENES_LRS: dict[str, float] = {}
-"""Each family's learning rate on the scenes presets, selected by ``python -m benchmarks.sweep --preset scenes``
-(``results/scenes/sweep.md``); a family not in it trains at ``POCKET_LR``."""
+SCENES_LRS = {"g2rpo": 1e-5, "flowgrpo": 1e-5, "dancegrpo": 1e-5, "mixgrpo": 1e-5,
+              "tempflowgrpo": 3e-5, "branchgrpo": 3e-5, "diffusionnft": 3e-5}
+"""Each family's learning rate on the scenes presets, selected by ``python -m benchmarks.sweep --preset scenes`` over
+every registered family (``results/scenes/sweep.md``; ``tests/test_sweep.py`` checks these equal its selection)."""
 
 ACCURACY_THRESHOLD = 0.2
 """The scenes' fixed accuracy: the held-out strict pass of the curve set a method must reach (``time_to_accuracy``);

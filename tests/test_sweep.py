@@ -4,7 +4,7 @@ from pathlib import Path
 
 from benchmarks.sweep import main, select
 from benchmarks.table import sweep_files
-from g2rpo.presets import POCKET_LRS, preset
+from g2rpo.presets import POCKET_LRS, SCENES_LRS, preset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +24,14 @@ def test_pocket_preset_uses_the_committed_selection():
     assert POCKET_LRS == selected
     for family, lr in POCKET_LRS.items():
         assert preset("pocket").knobs[family]["optim"].lr == lr
+
+
+def test_scenes_presets_use_the_scenes_selection():
+    sweep = json.loads((ROOT / "results" / "scenes" / "sweep.json").read_text())
+    assert sweep["rounds"] == preset("scenes").shared.rounds and SCENES_LRS == sweep["selected"]
+    for name in ("scenes", "scenes-duo"):
+        for family, lr in SCENES_LRS.items():
+            assert preset(name).knobs[family]["optim"].lr == lr
 
 
 def test_sweep_runs_and_writes_its_tables(tmp_path):
