@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from g2rpo.presets import PRESETS, Preset, preset as get_preset
+from g2rpo.presets import DEFAULT_PRESET, PRESETS, Preset, preset as get_preset
 from g2rpo.recorder import Recorder
 from g2rpo.registry import METHODS, default_methods
 from g2rpo.tiers import LOADERS, check_skills, load_tier
@@ -33,7 +33,7 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default="default", help=f"comma-separated, from {', '.join(METHODS)}; 'default': "
                     f"{', '.join(default_methods())}; 'all': every registered method")
-    ap.add_argument("--preset", default="pocket", help=f"one of {', '.join(sorted(PRESETS))}")
+    ap.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of {', '.join(sorted(PRESETS))} (default {DEFAULT_PRESET})")
     ap.add_argument("--seeds", type=int, help="training seeds per (method, variant); default from the preset")
     ap.add_argument("--rounds", type=int, help="training rounds (under --budget nfe: of the first method)")
     ap.add_argument("--out", type=Path, help="output folder (default results/<preset>)")

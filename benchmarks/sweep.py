@@ -28,7 +28,7 @@ import torch
 
 from eval.generate import prompt_scores
 from g2rpo.loop import Trainer
-from g2rpo.presets import PRESETS, preset as get_preset
+from g2rpo.presets import DEFAULT_PRESET, PRESETS, preset as get_preset
 from g2rpo.registry import METHODS, make_method
 from g2rpo.tiers import load_tier
 from g2rpo.tracking import default_uri, git_commit, open_store
@@ -110,7 +110,7 @@ def record(client, exp_id: str, preset: str, command: str, chosen: dict[str, flo
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="pocket", help=f"one of {', '.join(sorted(PRESETS))}")
+    ap.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of {', '.join(sorted(PRESETS))} (default {DEFAULT_PRESET})")
     ap.add_argument("--families", default=",".join(families()), help="method families to sweep (default: all registered)")
     ap.add_argument("--lrs", default="1e-5,3e-5,1e-4,3e-4", help="comma-separated learning rates")
     ap.add_argument("--rounds", type=int, help="training rounds (default: the preset's)")

@@ -37,6 +37,14 @@ def test_dry_run_json_is_the_cost_accounting():
     assert "granular_list=1,2" in {x["variant"] for x in rows}  # {1} is the w/o-MGAI run, not run twice
 
 
+def test_the_default_run_is_the_scenes_task_on_the_default_methods():
+    from benchmarks.run import parse_args, resolve
+
+    p, runs, _ = resolve(parse_args([]))
+    assert p.shared.model == "pocket-scenes" and p.eval.accuracy_threshold is not None
+    assert {r.method for r in runs} - {"base"} == set(default_methods())
+
+
 def test_flowgrpo_sd35_preset_is_a_valid_plan_for_every_method():
     """Flow-GRPO's own SD3.5 setting: every method validates against it, and its Flow-GRPO knobs are the official ones."""
     r = run("benchmarks.run", "--preset", "flowgrpo-sd35", "--dry-run", "--json")
@@ -72,7 +80,7 @@ def test_lr_flag_sets_every_methods_learning_rate_only():
     (["--lr", "0"], "--lr"),
     (["--preset", "scenes", "--skills", "countin"], "unknown skill"),
     (["--preset", "scenes", "--skills", "single_object"], "heldout split empty"),
-    (["--skills", "counting"], "only the scenes tier"),
+    (["--preset", "pocket", "--skills", "counting"], "only the scenes tier"),
 ])
 def test_bad_flags_fail_fast(args, msg, capsys, tmp_path):
     from benchmarks.run import main
