@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from g2rpo.files import write_text
 from g2rpo.tracking import git_commit
 
 WALL_CLOCK = re.compile(r"(wall_s|train_s|eval_s|compile_s)(_half_ci)?(\|(mean|std))?$")
@@ -60,7 +61,11 @@ def recorded(folder: Path) -> tuple[list[str], str]:
     if line is None:
         raise VerifyError(f"{readme} names no 'python -m benchmarks.run' command")
     commit = re.search(r"git commit `([0-9a-f]+(\+dirty)?)`", text)
-    return shlex.split(line)[3:], commit.group(1) if commit else "unknown"
+    args = shlex.split(line)[3:]
+    preset = re.search(r"^# Benchmark results: preset `([^`]+)`", text, re.M)
+    if preset and not any(x == "--preset" or x.startswith("--preset=") for x in args):
+        args = ["--preset", preset.group(1), *args]  # made under an older default preset: rerun that one, not today's
+    return args, commit.group(1) if commit else "unknown"
 
 
 def without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
@@ -169,6 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="where the rerun writes (default: a temporary folder, removed afterwards)")
     ap.add_argument("--atol", type=float, default=0.0, help="absolute tolerance per cell")
     ap.add_argument("--rtol", type=float, default=0.0, help="relative tolerance per cell (of the committed value)")
+    ap.add_argument("--report", type=Path, help="also append what was printed to this markdown file, under a heading")
     ap.add_argument("--dry-run", action="store_true", help="print the command that would be rerun and stop")
     a = ap.parse_args(argv)
     try:
@@ -205,11 +211,17 @@ def main(argv=None) -> int:
                 print(f"error: the rerun failed (exit {r.returncode}): {lines[-1] if lines else ''}", file=sys.stderr)
                 return r.returncode if r.returncode == 2 else 1
             results = compare_folders(a.results, out, a.atol, a.rtol, subset=bool(a.methods))
-    print(report(results))
     bad = [c for c in results if c.differences]
     cells = sum(c.cells for c in results)
-    print(f"{cells} cells in {sum(bool(c.cells) for c in results)} tables compared (atol {a.atol:g}, rtol {a.rtol:g}): "
-          + (f"{sum(len(c.differences) for c in bad)} differences in {len(bad)} tables" if bad else "all equal"))
+    text = report(results) + "\n" + (
+        f"{cells} cells in {sum(bool(c.cells) for c in results)} tables compared (atol {a.atol:g}, rtol {a.rtol:g}): "
+        + (f"{sum(len(c.differences) for c in bad)} differences in {len(bad)} tables" if bad else "all equal"))
+    print(text)
+    if a.report:
+        shown_argv = " ".join(shlex.quote(x) for x in without(sys.argv[1:] if argv is None else argv, ("--report",)))
+        prior = a.report.read_text() if a.report.is_file() else ""
+        write_text(a.report, prior + f"\n## `python -m benchmarks.verify {shown_argv}`\n\n"
+                   f"Verified at commit `{now}`; exit {1 if bad else 0}.\n\n```\n{text}\n```\n")
     return 1 if bad else 0
 
 

@@ -47,6 +47,8 @@ def test_the_command_is_read_from_the_readme_and_out_is_replaced(tmp_path):
     assert args == ["--preset", "smoke", "--out", "results/x", "--seeds", "2"] and commit == "abc123+dirty"
     assert without(args, ("--out",)) == ["--preset", "smoke", "--seeds", "2"]
     assert without(["--out=a", "--seeds", "2"], ("--out",)) == ["--seeds", "2"]
+    (tmp_path / "README.md").write_text("# Benchmark results: preset `pocket`\n\n```bash\npython -m benchmarks.run \n```\n")
+    assert recorded(tmp_path) == (["--preset", "pocket"], "unknown")  # the default of its day, not today's
 
 
 @pytest.mark.parametrize("args", [["{tmp}/none"], ["{tmp}", "--atol", "-1"], ["{tmp}/empty"],
