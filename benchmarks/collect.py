@@ -29,6 +29,7 @@ from g2rpo.checkpoint import CheckpointError, read_meta
 from g2rpo.config import PER_RUN, SharedConfig
 from g2rpo.errors import one_line
 from g2rpo.files import write_text
+from g2rpo.flags import FlagError, check_writable
 from g2rpo.tracking import flatten
 
 from .plan import BASE
@@ -160,7 +161,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("results/collected"))
     a = ap.parse_args(argv)
     command = "python -m benchmarks.collect " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    return write_all(lambda: build(a.folders, a.out, command), a.out, (CollectError,))
+
+    def make():
+        check_writable(a.out, "--out")
+        return build(a.folders, a.out, command)
+
+    return write_all(make, a.out, (CollectError, FlagError))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from g2rpo.tiers import Tier
 
 from .driver import Driver
 from .plan import BASE, RunSpec
+from .publish import LOGGED
 from g2rpo.recorder import Recorder
 from g2rpo.tracking import flatten, git_commit
 
@@ -202,11 +203,12 @@ def describe_invocation(preset_name: str, tier: str, runs: list[RunSpec], comman
 
 
 def unfinished_invocation(client, exp_id: str, digest: str):
-    """The latest parent run of the same plan that did not finish (killed or failed), or None. A run still
-    marked RUNNING by a live process on this host is another invocation at work, not an interrupted one."""
+    """The latest parent run of the same plan that did not finish (killed or failed, in training or while its tables
+    were written: they are published last), or None. A run still marked RUNNING by a live process on this host is
+    another invocation at work, not an interrupted one."""
     runs = client.search_runs([exp_id], f"tags.kind = 'parent' and tags.plan_digest = '{digest}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs or runs[0].info.status == "FINISHED":
+    if not runs or runs[0].info.status == "FINISHED" and LOGGED in runs[0].data.tags:
         return None
     t = runs[0].data.tags
     if runs[0].info.status == "RUNNING" and t.get("host") == socket.gethostname() and alive(int(t.get("pid", 0))):
@@ -251,9 +253,10 @@ def execute_all(p: Preset, preset_name: str, runs: list[RunSpec], extra_steps: l
             try:
                 res = execute_one(spec, p, tier, extra_steps, tags | {"run_key": key}, out / "checkpoints" / key,
                                   rec, "parent", old.info.run_id if old is not None else None)
-            except (FloatingPointError, ValueError, RuntimeError) as e:
+            except (FloatingPointError, ValueError, RuntimeError, OSError) as e:  # OSError: a full disk, say
                 raise RunFailed(f"{spec.method}:{spec.variant} seed {spec.seed} failed: {e}. The {i} runs finished before "
-                                f"it stay in the store (parent run {rec.run_id('parent')}); tables were not rewritten") from e
+                                f"it stay in the store (parent run {rec.run_id('parent')}) and the same command resumes "
+                                f"from them; tables were not rewritten") from e
             shown = ", ".join(f"{k[5:]} {v:.4f}" for k, v in res.items() if k.startswith("eval/") and k[5:] in in_domain)
             tqdm.write(f"{spec.method}:{spec.variant} seed {spec.seed}: {spec.rounds} rounds, {res['cost/total_nfe']} NFE, "
                        f"train {res['time/train_s']:.1f} s, eval {res['time/eval_s']:.1f} s; {shown}")

@@ -41,7 +41,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from g2rpo.files import write_text
+from g2rpo.files import atomic, write_text
+from g2rpo.flags import FlagError, at_least, check_writable
 from g2rpo.loop import PromptNoise, Trainer, initial_noise, round_prompts
 from g2rpo.models.flux import flux_forward_flops
 from g2rpo.presets import PRESETS, preset as get_preset
@@ -263,7 +264,8 @@ def cost_plot(res: dict, path: Path) -> Path:
     fig.suptitle(f"Round time vs the cost accounting (R² {res['r2_cost_model']:.3f}; {res['threads']} threads, "
                  f"{res['machine']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -408,10 +410,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         p = get_preset(a.preset)
-        if a.threads < 1 or a.reps < 1:
-            raise ValueError("--threads and --reps must be >= 1")
+        at_least(("--threads", a.threads, 1), ("--reps", a.reps, 1))
+        if a.signal and not a.signal.is_file():  # the default may be missing (no benchmark run yet), a given file not
+            raise FlagError(f"--signal {a.signal} does not exist")
         signal = a.signal or ROOT / "results" / a.preset / "time_to_signal.csv"
         ttsignal = time_to_signal(signal)  # read before minutes of measuring: a broken file fails now
+        if a.out:
+            check_writable(a.out, "--out", file=True)
         tier = load_tier(p.shared.model, p.shared.skills)
     except (KeyError, ValueError, OSError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)

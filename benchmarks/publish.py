@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from g2rpo.files import atomic
+
 LOGGED = "mlflow.loggedArtifacts"
 
 
@@ -58,8 +60,10 @@ def fetch_published(client, run_id: str, out: Path) -> list[Path]:
                         split = json.load(fh)
                     df = pd.DataFrame(split["data"], columns=split["columns"])
                     files.append(out / f"{f.stem}.csv")
-                    df.to_csv(files[-1], index=False)
+                    with atomic(files[-1]) as tmp_csv:
+                        df.to_csv(tmp_csv, index=False)
                 else:
                     files.append(out / f.name)
-                    shutil.copyfile(f, files[-1])
+                    with atomic(files[-1]) as tmp_copy:
+                        shutil.copyfile(f, tmp_copy)
     return files

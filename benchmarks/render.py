@@ -87,5 +87,9 @@ def write_all(make, out: Path, errors: tuple[type[BaseException], ...]) -> int:
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk mid-way: every file is whole, the old one or the new one
+        print(f"error: writing to {out}/ failed ({e.strerror or e}: {e.filename or ''}); the same command writes "
+              "them again", file=sys.stderr)
+        return 1
     print(f"wrote {len(files)} files to {out}/")
     return 0

@@ -12,12 +12,12 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from g2rpo.flags import check_writable
 from g2rpo.presets import DEFAULT_PRESET, PRESETS, Preset, preset as get_preset
 from g2rpo.recorder import Recorder
 from g2rpo.registry import METHODS, default_methods
@@ -88,15 +88,6 @@ def resolve(a) -> tuple[Preset, list[RunSpec], list[int]]:
     return p, runs, steps
 
 
-def check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise PlanError(f"--out {str(out)!r} is not writable: {e.strerror or e}") from None
-
-
 def readable_plan(rows: list[dict], preset_name: str) -> str:
     lines = [f"preset {preset_name}: base model + {len(rows)} (method, variant) rows",
              f"{'method':<15}{'variant':<28}{'rollout':>9}{'(official)':>11}{'train':>7}{'images':>8}{'steps':>6}"
@@ -125,9 +116,10 @@ def main(argv=None) -> int:
         return 0
     out = a.out or Path("results") / a.preset
     try:
-        check_writable(out)
+        check_writable(out, "--out")
         if p.shared.model not in LOADERS:
             raise PlanError(f"preset {a.preset!r} needs model tier {p.shared.model!r}, which cannot be loaded here")
+        out.mkdir(parents=True, exist_ok=True)
         uri = a.tracking_uri or default_uri(out)
         client, exp_id = open_store(uri, f"g2rpo-bench/{a.preset}", out / "mlartifacts")
         tier = load_tier(p.shared.model, p.shared.skills)  # a missing or corrupt model file fails here, before any training
@@ -152,7 +144,13 @@ def main(argv=None) -> int:
               f"python -m benchmarks.sync {spool} --tracking-uri {shown_uri(uri)}, then python -m benchmarks.table "
               f"--tracking-uri {shown_uri(uri)} --experiment {experiment} --out {out}", file=sys.stderr)
         return 0
-    files = build_tables(uri, exp_id, out, parent_run_id=parent)
+    try:
+        files = build_tables(uri, exp_id, out, parent_run_id=parent)
+    except OSError as e:  # a full disk, say: each file is the old one or the new one, and the runs are in the store
+        print(f"error: writing the tables to {out}/ failed ({e.strerror or e}: {e.filename or ''}); the {len(runs)} "
+              f"runs are complete in {shown_uri(uri)} (parent run {parent}); the same command writes the tables "
+              "without training again", file=sys.stderr)
+        return 1
     print(f"done in {time.perf_counter() - t0:.0f} s: {len(runs)} runs in {shown_uri(uri)} (parent run {parent}); "
           f"tables and figures in {out}/: {', '.join(sorted(f.name for f in files))}")
     print(f"browse with: mlflow ui --backend-store-uri {shown_uri(uri)}, then open "

@@ -27,10 +27,12 @@ import pandas as pd
 import torch
 
 from eval.generate import prompt_scores
+from g2rpo.files import atomic, write_text
+from g2rpo.flags import at_least, check_writable
 from g2rpo.loop import Trainer
 from g2rpo.presets import DEFAULT_PRESET, PRESETS, preset as get_preset
 from g2rpo.registry import METHODS, make_method
-from g2rpo.tiers import load_tier
+from g2rpo.tiers import check_tier, load_tier
 from g2rpo.tracking import default_uri, git_commit, open_store
 
 from .publish import publish
@@ -119,29 +121,32 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="folder for sweep.md / sweep.json (default results/<preset>)")
     ap.add_argument("--tracking-uri", help="MLflow store (default: the runner's, sqlite inside --out)")
     a = ap.parse_args(argv)
+    out = a.out or Path("results") / a.preset
     try:
+        at_least(("--rounds", a.rounds, 1), ("--seed", a.seed, 0), ("--threads", a.threads, 1))
         p = get_preset(a.preset)
         fams = [f.strip() for f in a.families.split(",") if f.strip()]
         known = families()
         bad = [f for f in fams if f not in known]
         if bad or not fams:
             raise ValueError(f"--families: unknown {bad or 'empty list'}; choose from {', '.join(known)}")
-        lrs = [float(x) for x in a.lrs.split(",") if x.strip()]
-        if not lrs or any(not 0 < lr < 1 for lr in lrs):
-            raise ValueError(f"--lrs: expected learning rates in (0, 1), got {a.lrs!r}")
-    except (KeyError, ValueError) as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
-        return 2
-    torch.set_num_threads(a.threads)
-    rounds = p.shared.rounds if a.rounds is None else a.rounds
-    out = a.out or Path("results") / a.preset
-    out.mkdir(parents=True, exist_ok=True)
-    try:  # a broken store or a model that cannot load is an error before any training
+        try:
+            lrs = [float(x) for x in a.lrs.split(",") if x.strip()]
+        except ValueError:
+            lrs = []
+        if not lrs or any(not 0 < lr < 1 for lr in lrs) or len(set(lrs)) != len(lrs):
+            raise ValueError(f"--lrs: expected distinct comma-separated learning rates in (0, 1), got {a.lrs!r}")
+        check_tier(p.shared.model, p.shared.skills)
+        check_writable(out, "--out")
+        out.mkdir(parents=True, exist_ok=True)
+        # a broken store or a model that cannot load is an error before any training
         client, exp_id = open_store(a.tracking_uri or default_uri(out), f"g2rpo-bench/{a.preset}", out / "mlartifacts")
         tier = load_tier(p.shared.model, p.shared.skills)
     except (KeyError, RuntimeError, ValueError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
+    torch.set_num_threads(a.threads)
+    rounds = p.shared.rounds if a.rounds is None else a.rounds
     command = "python -m benchmarks.sweep " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     base = train_and_score(fams[0], lrs[0], p, tier, a.seed, 0)["objective"]
     rows, results = [], {}
@@ -155,11 +160,12 @@ def main(argv=None) -> int:
             results.setdefault(f, {})[lr] = float(r["objective"].mean())
             print(f"{f} lr {lr:g}: {diff.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] vs base, {r['train_s']:.0f} s", flush=True)
     chosen = select(results)
-    (out / "sweep.md").write_text(render(rows, chosen, float(base.mean()), command, a.seed, rounds))
-    (out / "sweep.json").write_text(json.dumps({"command": command, "seed": a.seed, "rounds": rounds,
+    write_text(out / "sweep.md", render(rows, chosen, float(base.mean()), command, a.seed, rounds))
+    write_text(out / "sweep.json", json.dumps({"command": command, "seed": a.seed, "rounds": rounds,
                                                 "base_objective": float(base.mean()), "selected": chosen,
                                                 "runs": rows}, indent=1) + "\n")
-    pd.DataFrame(rows).to_csv(out / "sweep.csv", index=False)
+    with atomic(out / "sweep.csv") as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
     record(client, exp_id, a.preset, command, chosen, [out / "sweep.csv", out / "sweep.md"])
     print(f"selected: {chosen}; wrote {out / 'sweep.md'} and {out / 'sweep.json'}")
     return 0

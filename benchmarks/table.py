@@ -18,6 +18,7 @@ from PIL import Image
 
 from g2rpo.config import ADDED_LATER, PER_RUN, SharedConfig, comparable_differences
 from g2rpo.files import atomic, write_text
+from g2rpo.flags import FlagError, check_writable
 from g2rpo.registry import METHODS, table_order
 from g2rpo.tracking import flatten, open_store, shown_uri
 
@@ -84,7 +85,16 @@ def load_runs(client, exp_id: str, parent_run_id: str | None):
             raise RuntimeError(f"no benchmark runs in experiment {exp_id}")
         parent = parents[0]
     else:
-        parent = client.get_run(parent_run_id)
+        try:
+            parent = client.get_run(parent_run_id)
+        except Exception:  # MLflow's "not found" differs by backend
+            raise RuntimeError(f"--parent-run-id {parent_run_id}: no such run in the MLflow store") from None
+        if parent.info.experiment_id != exp_id:
+            raise RuntimeError(f"--parent-run-id {parent_run_id}: a run of another experiment "
+                               f"({client.get_experiment(parent.info.experiment_id).name!r})")
+        if parent.data.tags.get("kind") != "parent":
+            raise RuntimeError(f"--parent-run-id {parent_run_id}: not a benchmark invocation (its kind is "
+                               f"{parent.data.tags.get('kind', 'unset')!r}; python -m benchmarks.run makes them)")
     children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=50000)
     rows = []
     for r in children:
@@ -567,10 +577,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     def make():
+        check_writable(a.out, "--out")
         _, exp_id = open_store(a.tracking_uri, a.experiment, None, create=False)
         return build_tables(a.tracking_uri, exp_id, a.out, a.parent_run_id)
 
-    return write_all(make, a.out, (RuntimeError,))
+    return write_all(make, a.out, (RuntimeError, FlagError))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,12 @@ import torch
 from g2rpo.checkpoint import save_policy
 from g2rpo.distributed import DataParallel
 from g2rpo.ema import EMAConfig
+from g2rpo.flags import FlagError, at_least, check_writable
 from g2rpo.loop import Trainer, trained_meta
 from g2rpo.presets import preset
 from g2rpo.recorder import Recorder
 from g2rpo.registry import METHODS, make_method
-from g2rpo.tiers import load_tier
+from g2rpo.tiers import check_tier, load_tier
 from g2rpo.tracking import flatten, git_commit, open_store
 
 from .driver import Driver
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the config and the cost per prompt and round, run nothing")
     a = ap.parse_args(argv)
     try:
+        at_least(("--threads", a.threads, 1), ("--rounds", a.rounds, 1), ("--seed", a.seed, 0),
+                 ("--ema-update-step-interval", a.ema_update_step_interval, 0))
         p = preset(a.preset)
         given = [("--eta-step-list", f"eta_step_list={a.eta_step_list}")] if a.eta_step_list is not None else []
         given += [("--granular-list", f"granular_list={a.granular_list}")] if a.granular_list is not None else []
@@ -76,8 +79,15 @@ def main(argv=None) -> int:
                  ("gradient_checkpointing", a.gradient_checkpointing), ("compile", a.compile))
         shared = dataclasses.replace(p.shared, **{k: v for k, v in given if v is not None})
         method.validate(shared)
+        if a.save:  # probed now, not found out after training
+            if Path(a.save).suffix == ".json":
+                raise FlagError(f"--save {a.save!r}: the weights need another suffix than .json (their metadata is "
+                                f"written beside them as {Path(a.save).with_suffix('.json').name})")
+            check_writable(Path(a.save), "--save", file=True)
+        if a.checkpoint:
+            check_writable(Path(a.checkpoint), "--checkpoint")
     except (KeyError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     plan = {"method": method.name, "shared": dataclasses.asdict(shared), "shared_digest": shared.digest(),
             "comparable_digest": shared.comparable_digest(),
@@ -87,8 +97,12 @@ def main(argv=None) -> int:
         print(json.dumps(plan, indent=2, default=str))
         return 0
     try:  # before any model is loaded: a bad store fails in seconds
+        check_tier(shared.model, shared.skills)  # and before the store gets a run
         rec = _mlflow_run(a, plan) if a.mlflow and int(os.environ.get("RANK", "0")) == 0 else None
-    except RuntimeError as e:
+    except KeyError as e:
+        print(f"error: {e.args[0]}; use --dry-run to see the plan", file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -113,19 +127,27 @@ def main(argv=None) -> int:
                    | {"world": dp.world, "fsdp": dp.sharded, "resumed_at_round": trainer.round_idx if resumed else None}))
     if rec and resumed:
         rec.tags("run", {"resumed_at_round": str(trainer.round_idx)})
-    for m in drv.rounds(shared.rounds):
-        say(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}))
+    try:
+        for m in drv.rounds(shared.rounds):
+            say(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}))
+            if rec:
+                rec.metrics("run", {k: v for k, v in m.items() if isinstance(v, (int, float))}
+                            | {"cum_nfe": drv.cum_nfe, "wall_s": drv.elapsed()}, step=m["round"])
+        if a.save:
+            variant = ";".join(f"{k}={shown(v)}" for k, v in overrides.items()) or "default"
+            meta = trained_meta(method, shared, trainer.round_idx, variant, tier.settings) | {"preset": a.preset,
+                                                                                              "world": dp.world}
+            with trainer.evaluation_weights():  # Flow-GRPO saves its EMA; written inside: the state may share storage
+                state = dp.full_state(trainer.policy)  # a collective under FSDP: every rank takes part, rank 0 writes
+                if dp.main:
+                    save_policy(trainer.policy, a.save, meta, state)
+    except (OSError, ValueError, FloatingPointError) as e:  # a full disk, NaN everywhere: CheckpointError included
+        kept = f"; the same command resumes from the state in {a.checkpoint}" if a.checkpoint else ""
+        print(f"error: at round {trainer.round_idx} of {shared.rounds}: {e}{kept}", file=sys.stderr)
         if rec:
-            rec.metrics("run", {k: v for k, v in m.items() if isinstance(v, (int, float))}
-                        | {"cum_nfe": drv.cum_nfe, "wall_s": drv.elapsed()}, step=m["round"])
-    if a.save:
-        variant = ";".join(f"{k}={shown(v)}" for k, v in overrides.items()) or "default"
-        meta = trained_meta(method, shared, trainer.round_idx, variant, tier.settings) | {"preset": a.preset,
-                                                                                          "world": dp.world}
-        with trainer.evaluation_weights():  # Flow-GRPO saves its EMA; written inside: the state may share storage
-            state = dp.full_state(trainer.policy)  # a collective under FSDP: every rank takes part, rank 0 writes
-            if dp.main:
-                save_policy(trainer.policy, a.save, meta, state)
+            rec.end("run", "FAILED")
+        dp.close()
+        return 1
     if rec:
         rec.end("run")
     dp.close()

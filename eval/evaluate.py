@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,14 +25,15 @@ from PIL import Image
 
 from g2rpo.checkpoint import load_strict, read_meta, read_state
 from g2rpo.config import SharedConfig
-from g2rpo.files import atomic, sha256
+from g2rpo.files import atomic, sha256, write_text
+from g2rpo.flags import at_least, check_writable
 from g2rpo.loop import apply_model_settings
 from g2rpo.rewards.registry import PAPER_REWARDS, RewardPaths, paper_rewards
-from g2rpo.tiers import load_tier
+from g2rpo.tiers import check_tier, load_tier
 from g2rpo.tracking import default_uri, open_store, shown_uri
 
 from .generate import generate, save_png, score
-from .prompts import read_prompt_set
+from .prompts import TIER_SETS, read_prompt_set
 
 
 class EvalError(ValueError):
@@ -69,8 +71,6 @@ def pick_rewards(names: list[str], tier, reward_dir: Path | None) -> dict:
         raise EvalError(f"--rewards: unknown {unknown or 'empty list'}; tier {tier.name!r} has {', '.join(tier.rewards)}; "
                         f"the paper tier's are {', '.join(PAPER_REWARDS)}")
     paper = [n for n in names if n not in tier.rewards]
-    if reward_dir is not None and not reward_dir.is_dir():
-        raise EvalError(f"--reward-dir {reward_dir} is not a folder")
     loaded = paper_rewards(paper, RewardPaths.under(reward_dir) if reward_dir else None) if paper else {}
     return {n: tier.rewards[n] if n in tier.rewards else loaded[n] for n in names}
 
@@ -91,7 +91,7 @@ def generate_set(policy, tier, prompts: list[tuple[str, str]], steps: int, shift
             save_png(img, out / name)
             records.append({"prompt_index": i, "prompt": p, "group": group, "image_index": j, "image": name, "seed": seed,
                             "steps": steps, "shift": shift, "checkpoint": checkpoint, "tier": tier.name})
-    (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_text(out / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
 
 def score_set(out: Path, rewards: dict, in_domain: dict):
@@ -137,34 +137,51 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     try:
-        if a.steps < 1 or a.images_per_prompt < 1 or a.threads < 1:
-            raise EvalError("--steps, --images-per-prompt and --threads must be >= 1")
-        torch.set_num_threads(a.threads)
+        at_least(("--steps", a.steps, 1), ("--images-per-prompt", a.images_per_prompt, 1), ("--threads", a.threads, 1),
+                 ("--seed", a.seed, 0))
+        if not 0 < a.shift < math.inf:
+            raise EvalError(f"--shift must be > 0 and finite, got {a.shift}")
+        if a.reward_dir is not None and not a.reward_dir.is_dir():
+            raise EvalError(f"--reward-dir {a.reward_dir} is not a folder")
         if a.rescore:
-            first = json.loads((a.out / "metadata.jsonl").read_text().splitlines()[0]) if (a.out / "metadata.jsonl").is_file() \
-                else None
-            if first is None:
+            if not (a.out / "metadata.jsonl").is_file():
                 raise EvalError(f"--rescore: {a.out}/metadata.jsonl does not exist")
-            a.checkpoint, a.tier = first["checkpoint"].split(" sha256:")[0], first["tier"]
-        tier, policy, in_domain, identity = load_model(a.checkpoint, a.tier)
-        names = list(tier.rewards) if a.rewards == "all" else [r.strip() for r in a.rewards.split(",") if r.strip()]
-        rewards = pick_rewards(names, tier, a.reward_dir)
-        prompts = read_prompt_set(a.prompts, tier) if not a.rescore else None
+            try:
+                first = json.loads((a.out / "metadata.jsonl").read_text().splitlines()[0])
+                a.checkpoint, a.tier = first["checkpoint"].split(" sha256:")[0], first["tier"]
+            except (OSError, ValueError, IndexError, KeyError, TypeError, AttributeError):
+                raise EvalError(f"--rescore: {a.out}/metadata.jsonl is not the metadata of an evaluation") from None
+        # everything that needs no model comes first: a prompt file (only the tier's own sets need the tier), the
+        # output folder, the tier the checkpoint names, the store
+        prompts = None if a.rescore or a.prompts in TIER_SETS else read_prompt_set(a.prompts, None)
+        check_writable(a.out, "--out")
+        check_tier(a.tier if a.checkpoint == "base" else read_meta(Path(a.checkpoint)).get("tier"))
         a.out.mkdir(parents=True, exist_ok=True)
         uri = a.tracking_uri or default_uri(a.out)
         client, exp_id = open_store(uri, "g2rpo-eval", a.out / "mlartifacts")
+        tier, policy, in_domain, identity = load_model(a.checkpoint, a.tier)
+        names = list(tier.rewards) if a.rewards == "all" else [r.strip() for r in a.rewards.split(",") if r.strip()]
+        rewards = pick_rewards(names, tier, a.reward_dir)
+        if a.prompts in TIER_SETS and not a.rescore:
+            prompts = read_prompt_set(a.prompts, tier)
     except (EvalError, ValueError, KeyError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
+    torch.set_num_threads(a.threads)
     import mlflow
 
     t0 = time.perf_counter()
-    if not a.rescore:
-        generate_set(policy, tier, prompts, a.steps, a.shift, a.images_per_prompt, a.seed, a.out, identity)
-    per, summary = score_set(a.out, rewards, in_domain)
-    for df, name in ((per, "scores.csv"), (summary, "summary.csv")):
-        with atomic(a.out / name) as tmp:
-            df.to_csv(tmp, index=False, float_format="%.6g")
+    try:
+        if not a.rescore:
+            generate_set(policy, tier, prompts, a.steps, a.shift, a.images_per_prompt, a.seed, a.out, identity)
+        per, summary = score_set(a.out, rewards, in_domain)
+        for df, name in ((per, "scores.csv"), (summary, "summary.csv")):
+            with atomic(a.out / name) as tmp:
+                df.to_csv(tmp, index=False, float_format="%.6g")
+    except OSError as e:  # a full disk, say: every file written is whole (the old one or the new one)
+        print(f"error: writing to {a.out}/ failed ({e.strerror or e}: {e.filename or ''}); the same command writes "
+              "them again", file=sys.stderr)
+        return 1
     mlflow.set_experiment(experiment_id=exp_id)
     with mlflow.start_run(run_name=f"eval {Path(a.checkpoint).stem}", tags={"checkpoint": identity, "tier": tier.name,
                                                                             "rescore": str(a.rescore)}):

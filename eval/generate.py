@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from g2rpo.files import atomic
 from g2rpo.loop import generator
 from g2rpo.policy import FlowPolicy, TextEncoder
 from g2rpo.rewards import Reward
@@ -41,8 +42,9 @@ def generate(policy: FlowPolicy, text: TextEncoder, prompts: list[str], sigmas: 
 
 
 def save_png(image: torch.Tensor, path) -> None:
-    """One (3, H, W) image in [0, 1] as an 8-bit PNG."""
-    Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
+    """One (3, H, W) image in [0, 1] as an 8-bit PNG (atomically: a rescore never reads half an image)."""
+    with atomic(path) as tmp:
+        Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()).save(tmp, format="PNG")
 
 
 @torch.no_grad()

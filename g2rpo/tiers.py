@@ -126,8 +126,13 @@ def restrict(tier: Tier, skills: tuple[str, ...]) -> Tier:
                                indist_prompts=keep(tier.indist_prompts))
 
 
-def load_tier(name: str, skills: tuple[str, ...] = ()) -> Tier:
+def check_tier(name: str, skills: tuple[str, ...] = ()) -> None:
+    """What ``load_tier`` refuses (KeyError, ValueError), found without loading anything: for checking flags first."""
     if name not in LOADERS:
         raise KeyError(f"model tier {name!r} cannot be loaded here; available: {', '.join(LOADERS)}")
     check_skills(name, skills)
+
+
+def load_tier(name: str, skills: tuple[str, ...] = ()) -> Tier:
+    check_tier(name, skills)
     return restrict(LOADERS[name](), skills)

@@ -86,6 +86,8 @@ def _open(mlflow, uri, experiment, artifact_root, create):
             if isinstance(e, LookupError):
                 raise RuntimeError(f"{e.args[0]} in the MLflow store {uri!r}") from None
             first = msg.splitlines()[0] if msg else type(e).__name__
+            if "database is locked" in first:  # sqlite waited its timeout on each of the attempts
+                first += " (another process holds a write lock on it; run the command again when it is done)"
             raise RuntimeError(f"cannot open the MLflow store {uri!r}: {first}") from None
     return client, exp_id
 

@@ -50,6 +50,7 @@ def save_train_state(trainer, folder: Path, dp: DataParallel | None = None, coun
     """Write the trainer's state after its last round (a collective: every rank calls it), with the caller's
     ``counters`` (numbers, returned by ``load_train_state``)."""
     import torch.distributed.checkpoint as dcp  # 0.7 s to import: only when a state is written
+    from torch.distributed.checkpoint.api import CheckpointException
 
     dp = dp or DataParallel()
     folder = Path(folder)
@@ -57,16 +58,30 @@ def save_train_state(trainer, folder: Path, dp: DataParallel | None = None, coun
     if dp.main:
         shutil.rmtree(target, ignore_errors=True)  # a dead writer's partial folder of this round
     _barrier(dp)
-    with _quiet():
-        dcp.save(_state(trainer, counters or {}), checkpoint_id=str(target))
-    _barrier(dp)
-    if dp.main:
-        write_text(folder / LATEST, json.dumps({"round": trainer.round_idx, "folder": target.name}) + "\n")
+    try:
+        with _quiet():
+            dcp.save(_state(trainer, counters or {}), checkpoint_id=str(target))
+        _barrier(dp)
+        if dp.main:
+            write_text(folder / LATEST, json.dumps({"round": trainer.round_idx, "folder": target.name}) + "\n")
+    except (OSError, CheckpointException) as e:  # a full disk, a folder gone: the previous state stays the latest
+        if isinstance(e, CheckpointException):  # DCP wraps the writer's own error (and is a BaseException)
+            e = next(iter(e.failures.values()))[0]
+        raise CheckpointError(f"writing the training state to {target} failed ({one_line(e)}); the state of round "
+                              f"{_latest_round(folder)} is kept") from None
         for old in folder.glob("round-*"):
             if old.name != target.name:
                 shutil.rmtree(old, ignore_errors=True)
     _barrier(dp)
     return target
+
+
+def _latest_round(folder: Path) -> str:
+    """The round ``folder``'s pointer names, for messages ('none' before the first save)."""
+    try:
+        return str(json.loads((Path(folder) / LATEST).read_text())["round"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "none"
 
 
 def load_train_state(trainer, folder: Path, counters: dict[str, float] | None = None) -> dict[str, float] | None:

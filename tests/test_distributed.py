@@ -126,6 +126,25 @@ def test_broken_training_state_is_one_line_error(tmp_path):
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+def test_full_disk_during_a_state_save_is_one_line_then_the_same_command_resumes_exactly(tmp_path):
+    ckpt = tmp_path / "state"
+    cmd = ["benchmarks.train", "--preset", "smoke", "--threads", "1", "--rounds", "3"]
+    whole = subprocess.run([sys.executable, "-m", *cmd, "--save", str(tmp_path / "whole.safetensors")], timeout=300,
+                           capture_output=True)
+    assert whole.returncode == 0
+    full = subprocess.run([sys.executable, "-m", "tests.faultinject", "enospc@state#2", *cmd, "--checkpoint", str(ckpt)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-2000:]
+    (line,) = [ln for ln in full.stderr.splitlines() if ln.startswith("error: ")]
+    assert "No space left on device" in line and "the state of round 1 is kept" in line, line
+    assert json.loads((ckpt / "latest.json").read_text())["round"] == 1
+    again = subprocess.run([sys.executable, "-m", *cmd, "--checkpoint", str(ckpt), "--save",
+                            str(tmp_path / "resumed.safetensors")], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and '"resumed_at_round": 1' in again.stdout, again.stderr[-2000:]
+    a, b = load_file(tmp_path / "whole.safetensors"), load_file(tmp_path / "resumed.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_prompts_must_split_evenly(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "benchmarks.train",
            "--preset", "smoke", "--rounds", "1", "--threads", "1"]

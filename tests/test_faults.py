@@ -110,3 +110,23 @@ def test_stale_temporaries_of_dead_writers_are_removed_files_and_folders(tmp_pat
     mine.write_text("in progress")
     assert sorted(p.name for p in remove_stale(tmp_path)) == sorted([f".a.json.{pid}.tmp", f".model.{pid}.tmp"])
     assert [p.name for p in tmp_path.iterdir()] == [mine.name]
+
+
+def test_a_full_disk_mid_write_keeps_the_old_file_and_is_one_line(tmp_path, capsys):
+    import errno
+    import os
+
+    from benchmarks.render import write_all
+    from g2rpo.files import atomic
+
+    (tmp_path / "t.csv").write_text("a\n1\n")
+
+    def make():
+        with atomic(tmp_path / "t.csv") as tmp:
+            tmp.write_text("a\n")  # half of the new table, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+
+    assert write_all(make, tmp_path, (RuntimeError,)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "No space left on device" in err[0], err
+    assert (tmp_path / "t.csv").read_text() == "a\n1\n" and sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]

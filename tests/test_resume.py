@@ -1,5 +1,6 @@
-"""kill -9 at any point, then the same command again: the benchmark resumes and ends with the numbers of an
-uninterrupted run; two invocations sharing one MLflow store both record all their runs."""
+"""kill -9 at any point, or a full disk or a kill in the middle of a write, then the same command again: the benchmark
+resumes and ends with the numbers of an uninterrupted run; two invocations sharing one MLflow store both record all
+their runs."""
 import json
 import os
 import signal
@@ -49,6 +50,16 @@ def kill_when(out: Path, ready, timeout: float = 300) -> subprocess.Popen:
     return proc
 
 
+def faulty(fault: str, out: Path) -> list[str]:
+    """``command`` with one fault at one write (``tests/faultinject.py``)."""
+    return [sys.executable, "-m", "tests.faultinject", fault, "benchmarks.run", *ARGS, "--out", str(out)]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines a failure prints (progress bars share stderr)."""
+    return [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+
+
 def published(client, run_id: str) -> set[str]:
     """Artifact paths of the comparison on a parent run (tables/, figures/, the README)."""
     return {a.path for folder in ("tables", "figures") for a in client.list_artifacts(run_id, folder)} | {
@@ -87,6 +98,52 @@ def test_kill_9_then_rerun_resumes_with_identical_numbers(uninterrupted, tmp_pat
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     assert published(client, parents[0].info.run_id) >= {"tables/table1_main.json", "figures/curves.png", "README.md"}
     assert not list(ckpts.glob("*"))  # checkpoints are removed once their run is complete in MLflow
+
+
+CHAIN = [  # (fault, what ends the process): one after another on one output folder, each resuming the one before
+    ("enospc@state#3", 1),  # the 3rd state save of the first trained run: its round 2 stays the latest state
+    ("kill@state#2", -9),  # resumed at round 2, killed inside the save of round 4
+    ("kill@latest.json#1", -9),  # resumed at round 3, killed as the pointer to round 4 is being replaced
+    ("enospc@table1_main.csv#1", 1),  # every run trained and evaluated; the disk is full for the first table
+    ("kill@paired_vs_base.csv#1", -9),  # resumed without training, killed half-way through the tables
+]
+
+
+def faulty(fault: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "tests.faultinject", fault, "benchmarks.run", *ARGS, "--out", str(out)]
+
+
+def whole(out: Path) -> None:
+    """Every table and state pointer under ``out`` parses: no file is half-written (temporaries may be)."""
+    for f in out.glob("*.csv"):
+        assert not pd.read_csv(f).empty, f
+    for f in (out / "checkpoints").glob("*/latest.json"):
+        folder = f.parent / pd.read_json(f, typ="series")["folder"]
+        assert (folder / ".metadata").is_file(), f"{f} points at an incomplete state"
+
+
+def test_full_disk_and_kill_9_mid_write_then_the_same_command_gives_the_uninterrupted_numbers(uninterrupted, tmp_path):
+    import mlflow
+
+    for fault, ends in CHAIN:
+        r = subprocess.run(faulty(fault, tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert r.returncode == ends, (fault, r.returncode, r.stderr[-2000:])
+        if ends == 1:
+            (line,) = error_lines(r.stderr)
+            assert "No space left on device" in line and "same command" in line and "Traceback" not in r.stderr, line
+        whole(tmp_path)
+    assert list(tmp_path.glob(".paired_vs_base.csv.*.tmp")), "the kill was not inside the table's write"
+    r = subprocess.run(command(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "3 of 3 runs already finished" in r.stdout and " rounds, " not in r.stdout, r.stdout  # tables only
+    pd.testing.assert_frame_equal(numbers(tmp_path), numbers(uninterrupted))
+    assert not list(tmp_path.glob(".*.tmp")) and not list((tmp_path / "checkpoints").glob("*"))
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("g2rpo-bench/smoke")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.kind = 'parent'")
+    children = client.search_runs([exp.experiment_id], "tags.kind = 'child'")
+    assert parent.info.status == "FINISHED" and len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert published(client, parent.info.run_id) >= {"tables/table1_main.json", "tables/paired_vs_base.json"}
 
 
 def test_two_invocations_share_one_store(tmp_path):
