@@ -18,4 +18,4 @@ BASELINES = (
     register("branchgrpo", BranchGRPO, "BranchGRPO", order=45, default=False),
     register("diffusionnft", DiffusionNFT, "DiffusionNFT", order=50, default=False),
 )
-"""The registry entries, in registration order: the one line a new baseline adds (README, "Adding a method")."""
+"""The registry entries, in registration order: the one line a new baseline adds (docs/adding-a-method.md)."""

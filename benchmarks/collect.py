@@ -156,7 +156,8 @@ def build(folders: list[Path], out: Path, command: str) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.collect", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.collect", description=__doc__.splitlines()[0],
+                                 epilog="documentation: docs/paper-tier.md")
     ap.add_argument("folders", nargs="+", type=Path, help="output folders of python -m eval.evaluate, the base among them")
     ap.add_argument("--out", type=Path, default=Path("results/collected"))
     a = ap.parse_args(argv)

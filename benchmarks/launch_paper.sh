@@ -5,8 +5,8 @@
 #   NODE_RANK=0 MASTER_ADDR=10.0.0.1 METHOD=g2rpo bash benchmarks/launch_paper.sh    # on the first node
 #   NODE_RANK=1 MASTER_ADDR=10.0.0.1 METHOD=g2rpo bash benchmarks/launch_paper.sh    # on the second
 #
-# The flux-dev tier reads its folders from G2RPO_FLUX_DIR, G2RPO_REWARD_DIR, G2RPO_TRAIN_PROMPTS (and optionally
-# G2RPO_TEXT_CACHE); see the README's "Scaling out". SEED (the training seed, default 0), NNODES, NPROC, PRESET,
+# The flux-dev tier reads its folders from G2RPO_FLUX_DIR, G2RPO_REWARD_DIR, G2RPO_TRAIN_PROMPTS, G2RPO_EVAL_PROMPTS
+# (and optionally G2RPO_TEXT_CACHE); see docs/paper-tier.md. SEED (the training seed, default 0), NNODES, NPROC, PRESET,
 # THREADS, OUT, PYTHON (the interpreter; default python) and MLFLOW (a tracking URI; default a sqlite store in OUT, logged by rank 0) override the defaults
 # (the tests run this script with NNODES=1 NPROC=2 PRESET=smoke on CPU). Not run on GPUs by us: the machines this
 # project is built on have none.

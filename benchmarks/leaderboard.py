@@ -52,6 +52,11 @@ def folder_rows(d: Path) -> list[dict]:
 
 
 def build(results: Path) -> Path:
+    return write_text(results / "README.md", render(results))
+
+
+def render(results: Path) -> str:
+    """The text of ``results/README.md``."""
     rows = []
     for d in sorted(p for p in results.iterdir() if p.is_dir()):
         rows += folder_rows(d)
@@ -64,14 +69,17 @@ def build(results: Path) -> Path:
              "prompts and noise, 95% bootstrap interval (the folder's README says over what); NFE/round: model "
              "evaluations per training round. Each folder's README names its command, commit, seeds and spread.", ""]
     for folder, g in df.groupby("folder", sort=False):
-        lines += [f"## {folder}: {g.metric.iloc[0]}", "", f"Made by {g.command.iloc[0]} (preset `{g.preset.iloc[0]}`; "
-                  f"the same today: `python -m benchmarks.run --preset {g.preset.iloc[0]}` with that command's other flags).", "",
+        made = g.command.iloc[0]
+        today = "" if "--preset" in made else (f"; the same today: `python -m benchmarks.run --preset {g.preset.iloc[0]}` "
+                                                "with that command's other flags")
+        lines += [f"## {folder}: {g.metric.iloc[0]}", "", f"Made by {made} (preset `{g.preset.iloc[0]}`{today}).", "",
                   to_markdown(g[["method", "score", "Δ vs base [95% CI]", "NFE/round"]]), ""]
-    return write_text(results / "README.md", "\n".join(lines))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.leaderboard", description=__doc__.split("\n")[0],
+                                 epilog="documentation: docs/running.md")
     ap.add_argument("--results", type=Path, default=Path("results"), help="folder of results folders")
     a = ap.parse_args(argv)
     if not a.results.is_dir():

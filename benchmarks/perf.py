@@ -398,7 +398,8 @@ def markdown(res: dict, command: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.splitlines()[0],
+                                 epilog="documentation: docs/performance.md")
     ap.add_argument("--preset", default="pocket", help=f"one of {', '.join(sorted(PRESETS))}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5, help="timed rounds / rollout pairs per comparison (medians are reported)")

@@ -260,7 +260,8 @@ def fault_rows() -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.reliability", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.reliability", description=__doc__.splitlines()[0],
+                                 epilog="documentation: docs/reliability.md")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "reliability.md")
     a = ap.parse_args(argv)
     prefixes = "; ".join(f"`{c}` {' '.join(f).replace('{tmp}', '$TMP')}" for c, f in PREFIX.items())

@@ -30,7 +30,8 @@ from .table import build_tables
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0],
+                                 epilog="documentation: docs/running.md")
     ap.add_argument("--methods", default="default", help=f"comma-separated, from {', '.join(METHODS)}; 'default': "
                     f"{', '.join(default_methods())}; 'all': every registered method")
     ap.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of {', '.join(sorted(PRESETS))} (default {DEFAULT_PRESET})")

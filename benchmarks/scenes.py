@@ -19,7 +19,8 @@ from g2rpo.pocket import scenes, verifier
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.scenes", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.scenes", description=__doc__.splitlines()[0],
+                                 epilog="documentation: docs/tasks.md")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prompts", help="list a split's prompts")
     p.add_argument("--split", default="heldout", help=f"one of {', '.join(scenes.SPLITS)}")

@@ -1,5 +1,7 @@
-"""The scenes task's tables: GenEval-style strict pass per skill (held-out and in-distribution apart), the paired
-interval of the held-out overall against the base model, the share of groups that gave no gradient, and the NFE and
+"""The scenes task's tables: GenEval-style strict pass per skill (Table 1 (skills)) and the time to a fixed accuracy.
+
+Table 1 (skills) holds the strict pass held-out and in-distribution apart, the paired interval of the held-out
+overall against the base model and the share of groups that gave no gradient; the time to accuracy is the NFE and
 training seconds each method needs to reach a fixed held-out accuracy.
 
 Built by ``benchmarks.table`` when the runs carry ``eval/geneval/overall`` (the scenes tier's summary).

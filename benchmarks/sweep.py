@@ -111,7 +111,8 @@ def record(client, exp_id: str, preset: str, command: str, chosen: dict[str, flo
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.splitlines()[0],
+                                 epilog="documentation: docs/running.md")
     ap.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of {', '.join(sorted(PRESETS))} (default {DEFAULT_PRESET})")
     ap.add_argument("--families", default=",".join(families()), help="method families to sweep (default: all registered)")
     ap.add_argument("--lrs", default="1e-5,3e-5,1e-4,3e-4", help="comma-separated learning rates")

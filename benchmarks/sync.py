@@ -84,7 +84,8 @@ def replay(records: list[dict], rec: Recorder) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.sync", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.sync", description=__doc__.splitlines()[0],
+                                 epilog="documentation: docs/reliability.md")
     ap.add_argument("spool", type=Path)
     ap.add_argument("--tracking-uri", required=True)
     a = ap.parse_args(argv)

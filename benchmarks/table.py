@@ -569,7 +569,8 @@ def sweep_files(out: Path, name: str) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.table", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.table", description=__doc__.splitlines()[0],
+                                 epilog="documentation: docs/running.md")
     ap.add_argument("--tracking-uri", required=True)
     ap.add_argument("--experiment", required=True, help="e.g. g2rpo-bench/pocket")
     ap.add_argument("--parent-run-id", help="a benchmark invocation (default: the latest)")

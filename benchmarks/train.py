@@ -35,7 +35,8 @@ from .plan import PlanError, parse_knob, shown
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.splitlines()[0],
+                                 epilog="documentation: docs/running.md")
     ap.add_argument("--method", default="g2rpo", help=f"one of {', '.join(METHODS)}")
     ap.add_argument("--preset", default="smoke")
     ap.add_argument("--model", help="another model tier than the preset's, e.g. tiny-sd3 (the SD3 class) with smoke")

@@ -126,7 +126,8 @@ def report(hits: dict, kinds: dict, times: list[float], n: int, command: str, se
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.verifier_agreement", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.verifier_agreement", description=__doc__.splitlines()[0],
+                                 epilog="documentation: docs/tasks.md")
     ap.add_argument("--n", type=int, default=600, help="(prompt, seed) pairs, skills in turn")
     ap.add_argument("--out", type=Path, default=Path("results") / "scenes" / "verifier.md")
     ap.add_argument("--seed", type=int, default=0)

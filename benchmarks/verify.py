@@ -167,7 +167,8 @@ def report(results: list[Comparison], limit: int = 20) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.verify", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.verify", description=__doc__.splitlines()[0],
+                                 epilog="documentation: docs/reliability.md")
     ap.add_argument("results", type=Path, help="a folder written by python -m benchmarks.run (its README names the command)")
     ap.add_argument("--methods", help="rerun only these methods (comma-separated), all their seeds; default: every row")
     ap.add_argument("--against", type=Path, help="compare with this folder instead of rerunning")

@@ -118,7 +118,8 @@ def score_set(out: Path, rewards: dict, in_domain: dict):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.evaluate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m eval.evaluate", description=__doc__.splitlines()[0],
+                                 epilog="documentation: docs/running.md")
     ap.add_argument("--checkpoint", default="base", help="'base' (the tier's untrained model) or NAME.safetensors")
     ap.add_argument("--tier", default="pocket", help="model tier of 'base' (a checkpoint names its own)")
     ap.add_argument("--prompts", default="heldout", help="heldout, train, a text file (one prompt per line), a JSON file "

@@ -1,4 +1,4 @@
-"""Precision options that reproduce the official code's numerics (README "Precision and numerics vs the official code"):
+"""Precision options that reproduce the official code's numerics (docs/methods.md, "Precision and numerics vs the official code"):
 G2RPO's bf16 anchor storage, fp16 autocast for reward scoring, and the DFN5B CLIP variant a folder holds."""
 from __future__ import annotations
 

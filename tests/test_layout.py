@@ -1,4 +1,4 @@
-"""Imports point one way (README "Layout"): benchmarks -> eval, baselines -> g2rpo core, eval -> g2rpo; nothing in
+"""Imports point one way (docs/architecture.md): benchmarks -> eval, baselines -> g2rpo core, eval -> g2rpo; nothing in
 g2rpo imports benchmarks, eval or baselines. Every import statement counts, inside functions too. Imports sit at the
 top of their module, except heavy or optional third-party packages (``LAZY_OK``), and no chain of first-party
 modules imports back into itself."""

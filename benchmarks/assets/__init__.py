@@ -1,3 +1,4 @@
-"""Tools that make the pocket tier's committed assets (``g2rpo/pocket/assets/``): ``python -m benchmarks.assets.pretrain``
-(the generator) and ``python -m benchmarks.assets.train_rewards`` (the reward heads). The library only reads what they
-wrote."""
+"""Tools that make the pocket tier's committed assets (``g2rpo/pocket/assets/``): the generators, reward heads and cards.
+
+``python -m benchmarks.assets.pretrain`` makes the generators, ``python -m benchmarks.assets.train_rewards`` the reward
+heads; the library only reads what they wrote."""

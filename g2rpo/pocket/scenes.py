@@ -150,7 +150,7 @@ def make_split(seed: int = 0) -> dict:
         (held if _is_heldout(s, atoms) else train).append(caption(s))
     by_skill = lambda caps, k: [c for c in caps if skill_of(c) == k]  # noqa: E731
     heldout = []
-    for k in SKILLS:  # every held-out prompt, but color_attr (260 of them) is sampled to 16
+    for k in SKILLS:  # every held-out prompt, but color_attr (a few hundred) is sampled to 16
         caps = by_skill(held, k)
         heldout += sorted(rng.sample(caps, 16)) if k == "color_attr" else caps
     rl_train, indist = [], []
