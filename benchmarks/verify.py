@@ -33,6 +33,9 @@ WALL_CLOCK = re.compile(r"(wall_s|train_s|eval_s|compile_s)(_half_ci)?(\|(mean|s
 SET_DEPENDENT = {"equal_nfe.csv": "its budget is the smallest total NFE of the methods that ran together"}
 """Tables whose cells move with the set of methods in one invocation: compared only when every method is rerun."""
 
+INDEX_COLUMNS = ("seed", "round", "steps", "variant")
+"""Numeric columns that identify a row (with the text columns) in tables of one row per seed or step count."""
+
 MADE_ELSEWHERE = {"sweep.csv": "made by python -m benchmarks.sweep (sweep.json names its command)"}
 
 
@@ -104,6 +107,8 @@ def compare_csv(name: str, committed: pd.DataFrame, rerun: pd.DataFrame, atol: f
         return c
     keys = [col for col in committed.columns if not pd.api.types.is_numeric_dtype(committed[col])
             and not pd.api.types.is_numeric_dtype(rerun[col])]
+    if keys and committed.duplicated(keys).any():  # one row per (method, seed), say: the index columns name it too
+        keys += [col for col in committed.columns if col in INDEX_COLUMNS and col not in keys]
 
     def keyed(df):
         return {tuple(str(v) for v in r) if keys else (str(i),): i

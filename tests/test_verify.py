@@ -40,6 +40,15 @@ def test_rows_are_matched_by_their_text_and_a_subset_expects_only_its_rows():
     assert compare_csv("t.csv", a, b, 0, 0, subset=False).differences == ["row g2rpo: only in the committed table"]
 
 
+def test_rows_of_one_method_per_seed_are_matched_by_method_and_seed():
+    a = pd.DataFrame({"method": ["g2rpo", "g2rpo", "mixgrpo"], "seed": [0, 1, 0], "nfe": [10.0, 12.0, 8.0]})
+    b = a.iloc[[1, 2, 0]].reset_index(drop=True)
+    assert compare_csv("t.csv", a, b, 0, 0, False).differences == []
+    b.loc[b.seed.eq(1).idxmax(), "nfe"] = 13.0
+    (d,) = compare_csv("t.csv", a, b, 0, 0, False).differences
+    assert d.startswith("g2rpo/1 nfe:"), d
+
+
 def test_the_command_is_read_from_the_readme_and_out_is_replaced(tmp_path):
     (tmp_path / "README.md").write_text("# x\n\nMade by:\n\n```bash\npython -m benchmarks.run --preset smoke --out "
                                         "results/x --seeds 2\n```\n\n- git commit `abc123+dirty`, 2 CPU threads\n")
