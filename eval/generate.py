@@ -49,7 +49,11 @@ def save_png(image: torch.Tensor, path) -> None:
 
 @torch.no_grad()
 def score(images: torch.Tensor, prompts: list[str], rewards: dict[str, Reward], batch: int = 64) -> dict[str, torch.Tensor]:
-    """Per-image scores of every reward and every image statistic."""
+    """Per-image scores of every reward and every image statistic; FloatingPointError for images with non-finite
+    pixels, which no reward or statistic can score."""
+    bad = int((~torch.isfinite(images.flatten(1))).any(1).sum())
+    if bad:  # a diverged model, or a kernel compiled for another CPU (see docs/reliability.md)
+        raise FloatingPointError(f"{bad} of {len(images)} images to score have non-finite pixels")
     out: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(prompts), batch):
         imgs, ps = images[i : i + batch], prompts[i : i + batch]

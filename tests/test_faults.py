@@ -130,3 +130,13 @@ def test_a_full_disk_mid_write_keeps_the_old_file_and_is_one_line(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "No space left on device" in err[0], err
     assert (tmp_path / "t.csv").read_text() == "a\n1\n" and sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]
+
+
+def test_images_with_non_finite_pixels_are_one_clear_error_not_a_histogram_failure():
+    from eval.generate import score
+
+    images = torch.rand(3, 3, 8, 8)
+    images[1, 0, 2, 2] = NAN
+    with pytest.raises(FloatingPointError, match="1 of 3 images to score have non-finite pixels"):
+        score(images, ["a", "b", "c"], {"brightness": Brightness()})
+    assert set(score(images[[0, 2]], ["a", "c"], {"brightness": Brightness()})) >= {"brightness", "stat/colour_entropy"}
