@@ -175,7 +175,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.verify", description=__doc__.splitlines()[0],
                                  epilog="documentation: docs/reliability.md")
     ap.add_argument("results", type=Path, help="a folder written by python -m benchmarks.run (its README names the command)")
-    ap.add_argument("--methods", help="rerun only these methods (comma-separated), all their seeds; default: every row")
+    ap.add_argument("--methods", help="rerun only these methods (comma-separated), all their seeds; default: every row "
+                    "(with --against: the other folder holds only these)")
     ap.add_argument("--against", type=Path, help="compare with this folder instead of rerunning")
     ap.add_argument("--out", type=Path, help="where the rerun writes (default: a temporary folder, removed afterwards)")
     ap.add_argument("--atol", type=float, default=0.0, help="absolute tolerance per cell")
@@ -188,8 +189,8 @@ def main(argv=None) -> int:
             raise VerifyError(f"{a.results} is not a folder")
         if a.atol < 0 or a.rtol < 0 or math.isnan(a.atol + a.rtol):
             raise VerifyError("--atol and --rtol must be >= 0")
-        if a.against is not None and (a.methods or a.out):
-            raise VerifyError("--against compares two folders: it takes no --methods or --out")
+        if a.against is not None and a.out:
+            raise VerifyError("--against compares two folders: it takes no --out")
         if a.against is not None and not (a.against / "README.md").is_file():
             raise VerifyError(f"--against {a.against}: not a folder written by python -m benchmarks.run (no README.md)")
         args, commit = recorded(a.results)
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
     if commit != now:
         print(f"note: {a.results} was made at commit {commit}; this checkout is {now}")
     if a.against is not None:
-        results = compare_folders(a.results, a.against, a.atol, a.rtol, subset=False)
+        results = compare_folders(a.results, a.against, a.atol, a.rtol, subset=bool(a.methods))  # a rerun of some
     else:
         with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
             out = a.out or Path(tmp) / "rerun"

@@ -61,7 +61,7 @@ def test_the_command_is_read_from_the_readme_and_out_is_replaced(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["{tmp}/none"], ["{tmp}", "--atol", "-1"], ["{tmp}/empty"],
-                                  ["{tmp}/ok", "--against", "{tmp}/empty"], ["{tmp}/ok", "--against", "{tmp}/ok", "--methods", "g2rpo"]])
+                                  ["{tmp}/ok", "--against", "{tmp}/empty"], ["{tmp}/ok", "--against", "{tmp}/ok", "--out", "{tmp}/x"]])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args):
     (tmp_path / "empty").mkdir()
     (tmp_path / "ok").mkdir()
@@ -69,6 +69,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args):
     assert main([a.format(tmp=tmp_path) for a in args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
+
+
+def test_against_a_folder_of_some_methods_compares_only_their_rows(tmp_path, capsys):
+    for name, methods in (("all", ["base", "g2rpo", "flowgrpo"]), ("some", ["base", "g2rpo"])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "README.md").write_text("```bash\npython -m benchmarks.run --preset smoke\n```\n")
+        pd.DataFrame({"method": methods, "x": [0.5, 0.7, 0.6][:len(methods)]}).to_csv(tmp_path / name / "t.csv", index=False)
+    assert main([str(tmp_path / "all"), "--against", str(tmp_path / "some")]) == 1  # flowgrpo's row is missing
+    assert main([str(tmp_path / "all"), "--against", str(tmp_path / "some"), "--methods", "g2rpo"]) == 0
+    assert "all equal" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # three smoke benchmarks (~25 s each)
