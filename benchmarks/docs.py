@@ -44,7 +44,8 @@ def glance(folder: str, base: Path) -> str:
         raise ValueError(f"{folder} holds no tables")
     df = pd.DataFrame(rows)
     seeds = re.search(r"training seeds per row: ([\d, ]+);", (d / "README.md").read_text())
-    return (f"{df.metric.iloc[0].capitalize()}, mean over {seeds.group(1) if seeds else '?'} training seeds; Δ paired "
+    metric = df.metric.iloc[0]
+    return (f"{metric[:1].upper() + metric[1:]}, mean over {seeds.group(1) if seeds else '?'} training seeds; Δ paired "
             f"with the base model, 95% bootstrap interval; from [`{folder}/`]({link(d / 'README.md', base)}), made by "
             f"{df.command.iloc[0]}.\n\n" + to_markdown(df[["method", "score", "Δ vs base [95% CI]", "NFE/round"]]))
 

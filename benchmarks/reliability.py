@@ -221,7 +221,7 @@ FAULT_TESTS = [
      "tests/test_faults.py::test_too_few_finite_rewards_skip_the_round"),
     ("a reward with no finite value: one-line error, exit 1, finished runs and earlier tables kept",
      "tests/test_runner.py::test_nan_reward_fails_cleanly_and_keeps_finished_runs"),
-    ("kill -9 mid-training or between runs, then the same command: identical numbers",
+    ("kill -9 between runs, then the same command: identical numbers",
      "tests/test_resume.py::test_kill_9_then_rerun_resumes_with_identical_numbers"),
     ("a full disk and kill -9 in the middle of a training-state save, of its pointer and of a table (one after "
      "another on one folder; `tests/faultinject.py`): one `error:` line or a dead process, every file whole, then the "
@@ -234,8 +234,8 @@ FAULT_TESTS = [
      "tests/test_faults.py::test_a_full_disk_mid_write_keeps_the_old_file_and_is_one_line"),
     ("a corrupt MLflow store under finished results: exit 2, one line, every file unchanged",
      "tests/test_write_faults.py::test_a_corrupt_store_stops_with_one_line_and_nothing_changes"),
-    ("a store locked by another process: exit 2, one line, every file unchanged; once released the same command "
-     "finishes", "tests/test_write_faults.py::test_a_locked_store_stops_with_one_line_then_the_same_command_finishes"),
+    ("a store locked by another process: exit 2, one line, every file unchanged; once released it opens unharmed",
+     "tests/test_write_faults.py::test_a_locked_store_stops_with_one_line_and_opens_unharmed_once_released"),
     ("two invocations writing to one MLflow store at once: both record all runs",
      "tests/test_resume.py::test_two_invocations_share_one_store"),
     ("MLflow store unavailable mid-run: training goes on, records spooled, sync restores identical tables",

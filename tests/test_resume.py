@@ -66,7 +66,7 @@ def published(client, run_id: str) -> set[str]:
         a.path for a in client.list_artifacts(run_id)}
 
 
-@pytest.mark.parametrize("point", ["mid_training", "second_run"])
+@pytest.mark.parametrize("point", ["second_run"])  # a kill inside training: the write-fault chain below
 def test_kill_9_then_rerun_resumes_with_identical_numbers(uninterrupted, tmp_path, point):
     import mlflow
     ckpts = tmp_path / "checkpoints"
