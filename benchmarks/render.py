@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from g2rpo.errors import os_error
 from g2rpo.files import atomic, write_text
 
 
@@ -88,7 +89,7 @@ def write_all(make, out: Path, errors: tuple[type[BaseException], ...]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk mid-way: every file is whole, the old one or the new one
-        print(f"error: writing to {out}/ failed ({e.strerror or e}: {e.filename or ''}); the same command writes "
+        print(f"error: writing to {out}/ failed ({os_error(e)}); the same command writes "
               "them again", file=sys.stderr)
         return 1
     print(f"wrote {len(files)} files to {out}/")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from g2rpo.errors import os_error
 from g2rpo.flags import check_writable
 from g2rpo.presets import DEFAULT_PRESET, PRESETS, Preset, preset as get_preset
 from g2rpo.recorder import Recorder
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     try:
         files = build_tables(uri, exp_id, out, parent_run_id=parent)
     except OSError as e:  # a full disk, say: each file is the old one or the new one, and the runs are in the store
-        print(f"error: writing the tables to {out}/ failed ({e.strerror or e}: {e.filename or ''}); the {len(runs)} "
+        print(f"error: writing the tables to {out}/ failed ({os_error(e)}); the {len(runs)} "
               f"runs are complete in {shown_uri(uri)} (parent run {parent}); the same command writes the tables "
               "without training again", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ from PIL import Image
 
 from g2rpo.checkpoint import load_strict, read_meta, read_state
 from g2rpo.config import SharedConfig
+from g2rpo.errors import os_error
 from g2rpo.files import atomic, sha256, write_text
 from g2rpo.flags import at_least, check_writable
 from g2rpo.loop import apply_model_settings
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
             with atomic(a.out / name) as tmp:
                 df.to_csv(tmp, index=False, float_format="%.6g")
     except OSError as e:  # a full disk, say: every file written is whole (the old one or the new one)
-        print(f"error: writing to {a.out}/ failed ({e.strerror or e}: {e.filename or ''}); the same command writes "
+        print(f"error: writing to {a.out}/ failed ({os_error(e)}); the same command writes "
               "them again", file=sys.stderr)
         return 1
     mlflow.set_experiment(experiment_id=exp_id)
